@@ -1,0 +1,269 @@
+"""App: the task registry and every client-side operation."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import threading
+import weakref
+from collections.abc import Callable, Coroutine, Iterator
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+
+from .errors import ConfigurationError, UnknownTask
+from .notify import Listener, Waiters
+from .portal import Portal
+from .retry import Backoff
+from .store import LATEST_VERSION, Store, check_schema_name, connect
+from .tasks import Run, RunHandle, Task
+
+if TYPE_CHECKING:
+    from .worker import Worker
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+DEFAULT_MAX_PAYLOAD = 2 * 1024 * 1024
+
+
+class App:
+    """A durably application: its database, its schema and its registered tasks.
+
+    The database is ``url`` if given, else ``DURABLY_DATABASE_URL``, else ``DATABASE_URL``, else an
+    embedded PostgreSQL in the user's data directory. Every table lives in ``schema``, so several
+    apps can share one database without seeing each other.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        schema: str = "durably",
+        migrate: bool = True,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+        pool_size: int = 10,
+    ) -> None:
+        self._url = url
+        self.schema = check_schema_name(schema)
+        self.auto_migrate = migrate
+        self.max_payload = max_payload
+        self.pool_size = pool_size
+        self.registry: dict[str, Task[Any, Any]] = {}
+        self._stores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[Store]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._waiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[Waiters]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._lock = threading.Lock()
+        self._portal: Portal | None = None
+        self._migrated = False
+
+    def __repr__(self) -> str:
+        return f"<durably.App schema={self.schema!r} tasks={len(self.registry)}>"
+
+    # -- configuration ---------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The database URL, resolving (and starting the embedded server) on first use."""
+        with self._lock:
+            if self._url is None:
+                self._url = (
+                    os.environ.get("DURABLY_DATABASE_URL")
+                    or os.environ.get("DATABASE_URL")
+                    or _embedded_url()
+                )
+            return self._url
+
+    # -- tasks -----------------------------------------------------------------------------
+
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def task(
+        self,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        retries: int = 0,
+        backoff: Backoff | float | None = None,
+        timeout: float | None = None,
+        schedule_timeout: float | None = None,
+        priority: int = 0,
+        max_recoveries: int = 20,
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+    def task(self, fn: Callable[P, R] | None = None, /, **options: Any) -> Any:
+        """Register a function (sync or async) as a task: ``@app.task`` or ``@app.task(retries=3)``.
+
+        Options: ``name`` (default ``module.qualname``), ``queue``, ``retries`` (extra attempts
+        after a failure), ``backoff`` (seconds or a :class:`Backoff`), ``timeout`` (seconds per
+        attempt), ``schedule_timeout`` (seconds to be picked up), ``priority`` (higher first),
+        ``max_recoveries`` (times a run may lose its worker before it fails).
+        """
+
+        def register(f: Callable[P, R]) -> Task[P, R]:
+            task: Task[P, R] = Task(self, f, **options)
+            if task.name in self.registry and self.registry[task.name].fn is not f:
+                raise ConfigurationError(
+                    f"two tasks are named {task.name!r}: give one of them another name= "
+                )
+            self.registry[task.name] = task
+            return task
+
+        return register if fn is None else register(fn)
+
+    def get_task(self, name: str) -> Task[Any, Any]:
+        """The registered task called ``name``."""
+        try:
+            return self.registry[name]
+        except KeyError:
+            raise UnknownTask(
+                f"no task named {name!r} is registered on this App (known: "
+                f"{', '.join(sorted(self.registry)) or 'none'})"
+            ) from None
+
+    # -- the async core: one store (connection pool) per event loop -----------------------
+
+    async def store(self) -> Store:
+        """The Store of the running event loop, opened (and the schema migrated) on first use."""
+        loop = asyncio.get_running_loop()
+        opening = self._stores.get(loop)
+        if opening is None or (opening.done() and opening.exception() is not None):
+            opening = loop.create_task(self._open_store())
+            self._stores[loop] = opening
+        return await asyncio.shield(opening)
+
+    async def _open_store(self) -> Store:
+        url = await asyncio.to_thread(lambda: self.url)
+        store = await Store.open(url, self.schema, max_size=self.pool_size)
+        if self.auto_migrate and not self._migrated:
+            await store.migrate()
+            self._migrated = True
+        return store
+
+    async def waiters(self) -> Waiters:
+        """The result-waiters of the running loop, fed by a LISTENing connection."""
+        loop = asyncio.get_running_loop()
+        opening = self._waiters.get(loop)
+        if opening is None or (opening.done() and opening.exception() is not None):
+            opening = loop.create_task(self._open_waiters())
+            self._waiters[loop] = opening
+        return await asyncio.shield(opening)
+
+    async def _open_waiters(self) -> Waiters:
+        store = await self.store()
+        waiters = Waiters()
+
+        async def listen() -> Any:
+            conn = await connect(store.url)
+            await store.listen(conn)
+            return conn
+
+        listener = Listener(listen, waiters.on_message, waiters.wake_all)
+        await listener.start()
+        waiters.task = asyncio.get_running_loop().create_task(listener.run())
+        return waiters
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Run a coroutine of the async core from sync code (on the App's private loop)."""
+        with self._lock:
+            if self._portal is None:
+                self._portal = Portal()
+        return self._portal.call(coro)
+
+    # -- client operations (sync and async twins) -----------------------------------------
+
+    def handle(self, run_id: int) -> RunHandle:
+        """A handle on an existing run, by id."""
+        return RunHandle(self, run_id)
+
+    async def get_run_async(self, run_id: int) -> Run | None:
+        """The stored state of one run, or None when there is no such run."""
+        row = await (await self.store()).get_run(run_id)
+        return None if row is None else Run.from_row(row)
+
+    def get_run(self, run_id: int) -> Run | None:
+        """The stored state of one run, or None when there is no such run."""
+        return self.call(self.get_run_async(run_id))
+
+    async def list_runs_async(
+        self,
+        status: str | None = None,
+        task: str | None = None,
+        queue: str | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+    ) -> list[Run]:
+        """Runs, newest first, optionally filtered by status, task and queue."""
+        store = await self.store()
+        rows = await store.list_runs(status, task, queue, limit, before_id)
+        return [Run.from_row(r) for r in rows]
+
+    def list_runs(
+        self,
+        status: str | None = None,
+        task: str | None = None,
+        queue: str | None = None,
+        limit: int = 100,
+        before_id: int | None = None,
+    ) -> list[Run]:
+        """Runs, newest first, optionally filtered by status, task and queue."""
+        return self.call(self.list_runs_async(status, task, queue, limit, before_id))
+
+    async def cancel_async(self, run_id: int) -> bool:
+        """Cancel a run: queued runs at once, running ones are stopped by their worker.
+        Returns False when the run had already ended."""
+        return await (await self.store()).cancel(run_id)
+
+    def cancel(self, run_id: int) -> bool:
+        """Cancel a run (see :meth:`cancel_async`)."""
+        return self.call(self.cancel_async(run_id))
+
+    async def migrate_async(self) -> list[int]:
+        """Apply pending migrations; returns the versions applied."""
+        done = await (await self.store()).migrate()
+        self._migrated = True
+        return done
+
+    def migrate(self) -> list[int]:
+        """Apply pending migrations; returns the versions applied."""
+        return self.call(self.migrate_async())
+
+    async def schema_version_async(self) -> tuple[int, int]:
+        """(version applied in the database, version this code needs)."""
+        applied = await (await self.store()).applied_versions()
+        return (max(applied) if applied else 0), LATEST_VERSION
+
+    # -- workers ---------------------------------------------------------------------------
+
+    def make_worker(self, **options: Any) -> Worker:
+        """A worker for this App's tasks (see :class:`durably.worker.Worker` for options)."""
+        from .worker import Worker
+
+        return Worker(self, **options)
+
+    def run_worker(self, **options: Any) -> None:
+        """Run a worker in this thread until SIGTERM or SIGINT (a second signal stops at once)."""
+        asyncio.run(self.make_worker(**options).run(handle_signals=True))
+
+    @contextlib.contextmanager
+    def worker(self, **options: Any) -> Iterator[Worker]:
+        """Run a worker in a background thread for the duration of a ``with`` block."""
+        worker = self.make_worker(**options)
+        thread = worker.start_in_thread()
+        try:
+            yield worker
+        finally:
+            worker.stop_from_thread()
+            thread.join()
+            worker.raise_if_crashed()
+
+
+def _embedded_url() -> str:
+    from .embedded import embedded_url
+
+    return embedded_url()

@@ -1,0 +1,65 @@
+"""The errors durably raises. All subclass :class:`DurablyError`; each message is one line that
+says what was wrong and what to do."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class DurablyError(Exception):
+    """Base class of every error durably raises."""
+
+
+class ConfigurationError(DurablyError):
+    """The App or worker was set up wrongly (bad URL, bad schema name, schema out of date...)."""
+
+
+class DatabaseUnavailable(DurablyError):
+    """The database could not be reached."""
+
+
+class NonRetryableError(DurablyError):
+    """Raise it in a task to fail the run at once, without using its remaining retries."""
+
+
+class NonDeterminismError(DurablyError):
+    """A durable run's code no longer does what its event log recorded."""
+
+
+class NotSerializable(DurablyError, TypeError):
+    """An argument or result cannot be stored as JSON."""
+
+
+class PayloadTooLarge(DurablyError, ValueError):
+    """An encoded argument list or result is larger than the App's payload limit."""
+
+
+class UnknownTask(DurablyError, LookupError):
+    """No task of that name is registered on this App."""
+
+
+class LeaseLost(DurablyError):
+    """The worker no longer holds the run: it was recovered, cancelled or retried elsewhere."""
+
+
+class RunFailed(DurablyError):
+    """A run ended FAILED (or CANCELLED); carries the remote error."""
+
+    def __init__(self, run_id: int, error: dict[str, Any] | None, status: str = "FAILED") -> None:
+        self.run_id = run_id
+        self.status = status
+        err = error or {}
+        self.error_type: str = str(err.get("type") or status)
+        self.error_message: str = str(err.get("message") or "")
+        self.remote_traceback: str | None = err.get("traceback")
+        super().__init__(
+            f"run {run_id} {status.lower()}: {self.error_type}: {self.error_message}".rstrip(": ")
+        )
+
+
+class RunCancelled(RunFailed):
+    """The run was cancelled before it completed."""
+
+
+class ChildFailed(DurablyError):
+    """A child run of a durable run failed."""

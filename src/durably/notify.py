@@ -1,0 +1,109 @@
+"""LISTEN/NOTIFY: the low-latency path. Notifications carry identifiers only and are never
+required for correctness: every waiter also re-checks the database on a timer, so a lost
+notification (or a dropped listener connection) costs latency, never a run."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import psycopg
+
+from .errors import DurablyError
+
+log = logging.getLogger("durably.notify")
+
+Connect = Callable[[], Awaitable[psycopg.AsyncConnection[Any]]]
+
+
+class Listener:
+    """Keeps one LISTENing connection open and hands each payload to ``on_message``.
+
+    When the connection drops it reconnects with backoff and calls ``on_reconnect``, so the owner
+    can re-check whatever it may have missed meanwhile.
+    """
+
+    def __init__(
+        self,
+        connect: Connect,
+        on_message: Callable[[str], None],
+        on_reconnect: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._connect = connect
+        self._on_message = on_message
+        self._on_reconnect = on_reconnect
+        self.conn: psycopg.AsyncConnection[Any] | None = None
+
+    async def start(self) -> None:
+        """Open the first connection; raises if the database cannot be reached."""
+        self.conn = await self._connect()
+
+    async def run(self) -> None:
+        """Deliver notifications until cancelled."""
+        delay = 0.1
+        while True:
+            try:
+                if self.conn is None or self.conn.closed:
+                    self.conn = await self._connect()
+                    self._on_reconnect()
+                    delay = 0.1
+                async for note in self.conn.notifies():
+                    self._on_message(note.payload)
+            except (psycopg.Error, DurablyError, OSError) as exc:
+                log.warning("listener connection lost (%s); reconnecting", exc)
+                await self._discard()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _discard(self) -> None:
+        if self.conn is not None:
+            try:
+                await self.conn.close()
+            except psycopg.Error:
+                pass
+        self.conn = None
+
+    async def close(self) -> None:
+        """Close the connection."""
+        await self._discard()
+
+
+class Waiters:
+    """Futures of client code waiting for runs to end, woken by 'done:' notifications."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[int, set[asyncio.Future[None]]] = {}
+        self.task: asyncio.Task[None] | None = None  # the listener feeding this
+
+    def watch(self, run_id: int) -> asyncio.Future[None]:
+        """A future resolved when a notification says ``run_id`` ended."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(run_id, set()).add(fut)
+        return fut
+
+    def unwatch(self, run_id: int, fut: asyncio.Future[None]) -> None:
+        """Forget a future (after it fired or its wait timed out)."""
+        futs = self._waiting.get(run_id)
+        if futs is not None:
+            futs.discard(fut)
+            if not futs:
+                del self._waiting[run_id]
+
+    def on_message(self, payload: str) -> None:
+        """Resolve the futures of every run named in a 'done:' or 'cancel:' payload."""
+        kind, _, ids = payload.partition(":")
+        if kind != "done" or not self._waiting:
+            return
+        for text in ids.split(","):
+            for fut in self._waiting.get(int(text), ()):
+                if not fut.done():
+                    fut.set_result(None)
+
+    def wake_all(self) -> None:
+        """After a reconnect: let every waiter re-check the database."""
+        for futs in self._waiting.values():
+            for fut in futs:
+                if not fut.done():
+                    fut.set_result(None)

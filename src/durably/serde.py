@@ -1,0 +1,148 @@
+"""JSON encoding of arguments and results.
+
+Arguments and results are stored as JSON, never pickled: whoever can write the database must not be
+able to run code on workers. Pydantic models and dataclasses are accepted and rebuilt on the other
+side from the function's type hints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import types
+import typing
+from collections.abc import Callable
+from typing import Any
+
+import pydantic
+
+from .errors import NotSerializable, PayloadTooLarge
+
+_PLAIN = {str, int, float, bool, type(None), Any, dict, list, inspect.Parameter.empty}
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, pydantic.BaseModel):
+        return value.model_dump(mode="json")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    raise TypeError(type(value).__name__)
+
+
+def dumps(value: Any) -> str:
+    """Encode ``value`` as compact JSON; raises TypeError or ValueError when it is not JSON
+    that Postgres can store."""
+    encoded = json.dumps(value, default=_default, allow_nan=False, separators=(",", ":"))
+    if "\\u0000" in encoded:
+        raise ValueError("a string contains a NUL character (\\x00), which Postgres jsonb cannot store")
+    return encoded
+
+
+def check_size(encoded: str, limit: int, what: str) -> None:
+    """Refuse payloads above ``limit`` bytes (UTF-8)."""
+    # A str of n characters is at most 4n bytes: only count bytes when it could matter.
+    if len(encoded) * 4 > limit and len(encoded.encode()) > limit:
+        raise PayloadTooLarge(
+            f"{what} is {len(encoded.encode())} bytes of JSON, over the limit of {limit} bytes: "
+            "store large data elsewhere and pass a reference, or raise App(max_payload=...)"
+        )
+
+
+def _json_problem(value: Any) -> str | None:
+    try:
+        dumps(value)
+    except (TypeError, ValueError) as exc:
+        return str(exc)
+    return None
+
+
+def encode_args(task: str, args: tuple[Any, ...], kwargs: dict[str, Any], limit: int) -> str:
+    """Encode a call's arguments, naming the first argument that is not JSON."""
+    try:
+        encoded = dumps({"args": args, "kwargs": kwargs})
+    except (TypeError, ValueError):
+        named = [(f"argument {i + 1}", v) for i, v in enumerate(args)]
+        named += [(f"argument {k!r}", v) for k, v in kwargs.items()]
+        for label, value in named:
+            problem = _json_problem(value)
+            if problem is not None:
+                raise NotSerializable(
+                    f"{task}: {label} ({type(value).__name__}) is not JSON ({problem}): pass "
+                    "JSON types, dataclasses or pydantic models"
+                ) from None
+        raise
+    check_size(encoded, limit, f"the arguments of {task}")
+    return encoded
+
+
+def encode_result(task: str, value: Any, limit: int) -> str:
+    """Encode a task's return value."""
+    try:
+        encoded = dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise NotSerializable(
+            f"{task} returned {type(value).__name__}, which is not JSON ({exc}): return JSON "
+            "types, dataclasses or pydantic models"
+        ) from None
+    check_size(encoded, limit, f"the result of {task}")
+    return encoded
+
+
+class Signature:
+    """What serde needs to know of a task function: which parameters and the return value must
+    be rebuilt from JSON into richer types (dataclasses, models, ...)."""
+
+    def __init__(self, fn: Callable[..., Any], skip_first: bool = False) -> None:
+        self.signature = inspect.signature(fn)
+        params = list(self.signature.parameters.values())
+        if skip_first:
+            params = params[1:]
+        try:
+            hints = typing.get_type_hints(fn)
+        except Exception:  # unresolvable annotations: pass values through as JSON
+            hints = {}
+        self.positional = [
+            p.name
+            for p in params
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+        self.adapters: dict[str, pydantic.TypeAdapter[Any]] = {
+            p.name: pydantic.TypeAdapter(hints[p.name])
+            for p in params
+            if p.name in hints and _needs_rebuild(hints[p.name])
+        }
+        ret = hints.get("return", Any)
+        self.result_adapter = pydantic.TypeAdapter(ret) if _needs_rebuild(ret) else None
+
+    def decode_args(self, payload: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+        """Turn a stored ``{"args": [...], "kwargs": {...}}`` into call arguments."""
+        args: list[Any] = payload.get("args", [])
+        kwargs: dict[str, Any] = payload.get("kwargs", {})
+        if not self.adapters:
+            return args, kwargs
+        args = [
+            self._rebuild(self.positional[i], v) if i < len(self.positional) else v
+            for i, v in enumerate(args)
+        ]
+        kwargs = {k: self._rebuild(k, v) for k, v in kwargs.items()}
+        return args, kwargs
+
+    def _rebuild(self, name: str, value: Any) -> Any:
+        adapter = self.adapters.get(name)
+        return value if adapter is None else adapter.validate_python(value)
+
+    def decode_result(self, value: Any) -> Any:
+        """Rebuild a stored result into the function's declared return type."""
+        if self.result_adapter is None or value is None:
+            return value
+        return self.result_adapter.validate_python(value)
+
+
+def _needs_rebuild(hint: Any) -> bool:
+    """True when JSON alone does not give back a value of type ``hint``."""
+    if hint in _PLAIN:
+        return False
+    if typing.get_origin(hint) in (dict, list, typing.Union, types.UnionType):
+        return any(_needs_rebuild(arg) for arg in typing.get_args(hint))
+    return True

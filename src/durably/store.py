@@ -1,0 +1,413 @@
+"""Store: the only module that executes SQL.
+
+Every statement lives in ``sql/queries.sql`` (named blocks) or ``sql/migrations/NNNN_name.sql``;
+``{schema}`` in them is replaced by the App's quoted schema name, and values are always bound
+parameters. Connections come from one psycopg async pool in autocommit mode, so a single statement
+costs one round trip; statements that must commit together run in an explicit transaction.
+"""
+
+from __future__ import annotations
+
+import re
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import psycopg
+from psycopg import conninfo
+from psycopg_pool import AsyncConnectionPool
+
+from .errors import ConfigurationError, DatabaseUnavailable
+
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
+Row = tuple[Any, ...]
+
+
+def _read_sql(name: str) -> str:
+    return resources.files("durably").joinpath("sql", name).read_text()
+
+
+def _parse_named_blocks(text: str) -> dict[str, str]:
+    blocks: dict[str, str] = {}
+    for chunk in re.split(r"^-- name: ", text, flags=re.M)[1:]:
+        name, _, body = chunk.partition("\n")
+        blocks[name.strip()] = body.strip().rstrip(";")
+    return blocks
+
+
+_QUERIES = _parse_named_blocks(_read_sql("queries.sql"))
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One numbered, forward-only migration file."""
+
+    version: int
+    name: str
+    template: str
+
+
+def _migrations() -> list[Migration]:
+    found = []
+    for entry in resources.files("durably").joinpath("sql", "migrations").iterdir():
+        match = re.match(r"^(\d{4})_(\w+)\.sql$", entry.name)
+        if match:
+            found.append(Migration(int(match[1]), match[2], entry.read_text()))
+    return sorted(found, key=lambda m: m.version)
+
+
+MIGRATIONS = _migrations()
+LATEST_VERSION = MIGRATIONS[-1].version
+
+
+@dataclass(frozen=True)
+class NewRun:
+    """A run to insert: everything enqueue decided, arguments already encoded as JSON."""
+
+    task: str
+    queue: str
+    priority: int
+    args: str
+    max_retries: int
+    max_recoveries: int
+    delay: float
+    schedule_timeout: float | None
+    idempotency_key: str | None
+
+
+def check_schema_name(schema: str) -> str:
+    """Schema names are plain lowercase identifiers, so they never need escaping."""
+    if not _SCHEMA_NAME.match(schema):
+        raise ConfigurationError(
+            f"schema name {schema!r} is not valid: use lowercase letters, digits and _ "
+            "(at most 41 characters, not starting with a digit)"
+        )
+    return schema
+
+
+def describe_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    try:
+        info = conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "<malformed URL>"
+    host = info.get("host") or "localhost"
+    return f"postgresql://{info.get('user') or ''}@{host}:{info.get('port') or 5432}/{info.get('dbname') or ''}"
+
+
+def _check_url(url: str) -> None:
+    try:
+        conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        first = str(exc).splitlines()[0]
+        raise ConfigurationError(
+            f"the database URL is malformed ({first}): expected postgresql://user@host:port/dbname"
+        ) from None
+
+
+async def connect(url: str, **kwargs: Any) -> psycopg.AsyncConnection[Any]:
+    """Open one autocommit connection, turning psycopg's failure into one readable line."""
+    _check_url(url)
+    try:
+        return await psycopg.AsyncConnection.connect(
+            url, autocommit=True, connect_timeout=10, **kwargs
+        )
+    except psycopg.OperationalError as exc:
+        reason = " ".join(str(exc).split("\n")[0].split())
+        raise DatabaseUnavailable(
+            f"cannot connect to {describe_url(url)}: {reason}; check the URL "
+            "(DURABLY_DATABASE_URL or DATABASE_URL) and that the server is running"
+        ) from None
+
+
+class Store:
+    """All database access of one App (or worker) on one event loop."""
+
+    def __init__(self, url: str, schema: str, pool: AsyncConnectionPool[Any]) -> None:
+        self.url = url
+        self.schema = check_schema_name(schema)
+        self.pool = pool
+        # Advisory lock namespace and notification channel, both derived from the schema so that
+        # two apps in one database never see each other's locks or notifications.
+        self.namespace = zlib.crc32(schema.encode()) & 0x7FFFFFFF
+        self.channel = f"durably_{schema}"
+        self._sql = {
+            name: q.replace("{schema}", f'"{schema}"').replace("{channel}", f'"{self.channel}"')
+            for name, q in _QUERIES.items()
+        }
+
+    @classmethod
+    async def open(cls, url: str, schema: str, max_size: int = 10) -> Store:
+        """Check the server is reachable, then open a pool of autocommit connections."""
+        check_schema_name(schema)
+        probe = await connect(url)
+        await probe.close()
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            url, min_size=1, max_size=max_size, kwargs={"autocommit": True}, open=False
+        )
+        await pool.open(wait=True, timeout=10)
+        return cls(url, schema, pool)
+
+    async def close(self) -> None:
+        """Close every pooled connection."""
+        await self.pool.close()
+
+    def sql(self, name: str) -> str:
+        """The text of a named statement, with the schema filled in."""
+        return self._sql[name]
+
+    async def fetch(self, name: str, params: dict[str, Any] | None = None) -> list[Row]:
+        """Run one named statement on a pooled connection and return its rows."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(self._sql[name], params)
+            return await cur.fetchall() if cur.description else []
+
+    # -- migrations --------------------------------------------------------------------------
+
+    def _migration_sql(self, migration: Migration) -> str:
+        return migration.template.replace("{schema}", f'"{self.schema}"')
+
+    async def applied_versions(self) -> list[int]:
+        """Versions recorded in the migrations table (empty when the schema is new)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(self._sql["schema_exists"], {"table": f'"{self.schema}".migrations'})
+            row = await cur.fetchone()
+            if not row or not row[0]:
+                return []
+            cur = await conn.execute(self._sql["migrations_applied"])
+            return [r[0] for r in await cur.fetchall()]
+
+    async def pending_sql(self) -> str:
+        """The SQL that ``migrate`` would run now, for a DBA to read or run by hand."""
+        applied = set(await self.applied_versions())
+        parts = [f'CREATE SCHEMA IF NOT EXISTS "{self.schema}";', self._sql["migrations_bootstrap"] + ";"]
+        for m in MIGRATIONS:
+            if m.version not in applied:
+                parts.append(f"-- {m.version:04d}_{m.name}\n{self._migration_sql(m).strip()}")
+                parts.append(
+                    f'INSERT INTO "{self.schema}".migrations (version, name) '
+                    f"VALUES ({m.version}, '{m.name}');"
+                )
+        return "\n\n".join(parts) + "\n"
+
+    async def migrate(self) -> list[int]:
+        """Apply pending migrations in one transaction under an advisory lock; returns them."""
+        async with self.pool.connection() as conn, conn.transaction():
+            await conn.execute(self._sql["migrations_lock"], {"namespace": self.namespace})
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            await conn.execute(self._sql["migrations_bootstrap"])
+            cur = await conn.execute(self._sql["migrations_applied"])
+            applied = {r[0] for r in await cur.fetchall()}
+            done = []
+            for m in MIGRATIONS:
+                if m.version in applied:
+                    continue
+                await conn.execute(self._migration_sql(m).encode())
+                await conn.execute(
+                    self._sql["migrations_record"], {"version": m.version, "name": m.name}
+                )
+                done.append(m.version)
+            return done
+
+    # -- client side -------------------------------------------------------------------------
+
+    def _enqueue_params(self, runs: Sequence[NewRun]) -> dict[str, Any]:
+        return {
+            "task": [r.task for r in runs],
+            "queue": [r.queue for r in runs],
+            "priority": [r.priority for r in runs],
+            "args": [r.args for r in runs],
+            "max_retries": [r.max_retries for r in runs],
+            "max_recoveries": [r.max_recoveries for r in runs],
+            "delay": [r.delay for r in runs],
+            "schedule_timeout": [r.schedule_timeout for r in runs],
+            "idempotency_key": [r.idempotency_key for r in runs],
+            "channel": self.channel,
+        }
+
+    async def enqueue(
+        self, runs: Sequence[NewRun], conn: psycopg.AsyncConnection[Any] | None = None
+    ) -> list[int]:
+        """Insert runs (one statement) and return their ids in input order; a run whose
+        idempotency key exists already gets the existing run's id."""
+        if conn is None:
+            async with self.pool.connection() as own:
+                return await self.enqueue(runs, own)
+        cur = await conn.execute(self._sql["enqueue"], self._enqueue_params(runs))
+        inserted = await cur.fetchall()
+        existing: dict[tuple[str, str], int] = {}
+        for task, keys in _missing_keys(runs, inserted).items():
+            cur = await conn.execute(self._sql["existing_by_key"], {"task": task, "keys": keys})
+            existing.update({(task, k): i for k, i in await cur.fetchall()})
+        return _ids_in_order(runs, inserted, existing)
+
+    def enqueue_sync(self, runs: Sequence[NewRun], conn: psycopg.Connection[Any]) -> list[int]:
+        """:meth:`enqueue` on the caller's own (sync) connection, inside its transaction."""
+        cur = conn.execute(self._sql["enqueue"], self._enqueue_params(runs))
+        inserted = cur.fetchall()
+        existing: dict[tuple[str, str], int] = {}
+        for task, keys in _missing_keys(runs, inserted).items():
+            cur = conn.execute(self._sql["existing_by_key"], {"task": task, "keys": keys})
+            existing.update({(task, k): i for k, i in cur.fetchall()})
+        return _ids_in_order(runs, inserted, existing)
+
+    async def cancel(self, run_id: int) -> bool:
+        """Cancel a run that has not ended; False when it had already ended (or is unknown)."""
+        return bool(await self.fetch("cancel", {"id": run_id, "channel": self.channel}))
+
+    async def get_run(self, run_id: int) -> Row | None:
+        """The full row of one run."""
+        rows = await self.fetch("run_get", {"id": run_id})
+        return rows[0] if rows else None
+
+    async def run_status(self, run_id: int) -> Row | None:
+        """(status, result, error, task) of one run."""
+        rows = await self.fetch("run_status", {"id": run_id})
+        return rows[0] if rows else None
+
+    async def list_runs(
+        self,
+        status: str | None,
+        task: str | None,
+        queue: str | None,
+        limit: int,
+        before_id: int | None = None,
+    ) -> list[Row]:
+        """Runs, newest first, filtered; page with ``before_id``."""
+        params = {"status": status, "task": task, "queue": queue, "limit": limit, "before_id": before_id}
+        return await self.fetch("runs_list", params)
+
+    # -- worker side -------------------------------------------------------------------------
+
+    async def claim(
+        self, worker_id: str, queues: list[str], tasks: list[str], limit: int, lease: float
+    ) -> list[Row]:
+        """Claim up to ``limit`` due runs in one statement (FOR UPDATE SKIP LOCKED)."""
+        params = {"worker_id": worker_id, "queues": queues, "tasks": tasks, "limit": limit, "lease": lease}
+        return await self.fetch("claim", params)
+
+    async def next_due(self, queues: list[str], tasks: list[str]) -> float | None:
+        """Seconds until the earliest queued run of these queues and tasks is due."""
+        rows = await self.fetch("next_due", {"queues": queues, "tasks": tasks})
+        return rows[0][0] if rows else None
+
+    async def finish(self, worker_id: str, outcomes: Sequence[Outcome]) -> list[Row]:
+        """Record many attempts' outcomes in one fenced statement; returns the rows written."""
+        params = {
+            "worker_id": worker_id,
+            "channel": self.channel,
+            "ids": [o.run_id for o in outcomes],
+            "attempts": [o.attempt for o in outcomes],
+            "outcomes": [o.kind for o in outcomes],
+            "results": [o.result for o in outcomes],
+            "errors": [o.error for o in outcomes],
+            "delays": [o.delay for o in outcomes],
+        }
+        return await self.fetch("finish", params)
+
+    async def heartbeat(self, worker_id: str, lease: float) -> set[tuple[int, int]]:
+        """Extend this worker's leases; returns the (run id, attempt) pairs it still holds."""
+        rows = await self.fetch("heartbeat", {"worker_id": worker_id, "lease": lease})
+        return {(r[0], r[1]) for r in rows}
+
+    async def release(self, worker_id: str, run_ids: list[int]) -> int:
+        """Hand runs back to the queue at once (graceful shutdown)."""
+        params = {"worker_id": worker_id, "ids": run_ids, "channel": self.channel}
+        return len(await self.fetch("release", params))
+
+    async def sweep(self, dead_after: float) -> tuple[int, int] | None:
+        """Recover runs of dead workers and expired leases, fail runs past their schedule timeout.
+
+        Only one sweeper runs at a time (a transaction-level advisory lock); returns None when
+        another holds it, else (recovered, expired) counts.
+        """
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(self._sql["sweep_lock"], {"namespace": self.namespace})
+            row = await cur.fetchone()
+            if not row or not row[0]:
+                return None
+            params = {"dead_after": dead_after, "namespace": self.namespace, "channel": self.channel}
+            await conn.execute(self._sql["sweep_dead_workers"], params)
+            cur = await conn.execute(self._sql["sweep_orphans"], params)
+            recovered = len(await cur.fetchall())
+            cur = await conn.execute(self._sql["sweep_schedule_timeouts"], params)
+            expired = len(await cur.fetchall())
+            return recovered, expired
+
+    async def register_worker(
+        self, worker_id: str, queues: list[str], tasks: list[str], slots: int, hostname: str, pid: int
+    ) -> psycopg.AsyncConnection[Any]:
+        """Open the worker's own connection, take its liveness lock on it, record the worker and
+        LISTEN. The lock is taken before the row exists, so no sweeper can see a live worker
+        without its lock; Postgres releases the lock the moment the worker's session ends."""
+        conn = await connect(self.url)
+        cur = await conn.execute(self._sql["worker_next_lock_id"])
+        row = await cur.fetchone()
+        assert row is not None
+        lock_id = row[0]
+        await conn.execute(self._sql["worker_lock"], {"namespace": self.namespace, "lock_id": lock_id})
+        await conn.execute(
+            self._sql["worker_register"],
+            {"worker_id": worker_id, "lock_id": lock_id, "hostname": hostname, "pid": pid,
+             "queues": queues, "tasks": tasks, "slots": slots},
+        )
+        await self.listen(conn)
+        return conn
+
+    async def listen(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Subscribe ``conn`` to this schema's notifications."""
+        await conn.execute(self._sql["listen"])
+
+    async def worker_stopped(self, worker_id: str) -> None:
+        """Mark a worker as stopped."""
+        await self.fetch("worker_stopped", {"worker_id": worker_id})
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one attempt ended, ready to be written by :meth:`Store.finish`."""
+
+    run_id: int
+    attempt: int
+    kind: str  # 'ok' | 'retry' | 'fail'
+    result: str | None = None
+    error: str | None = None
+    delay: float = 0.0
+
+
+def _missing_keys(runs: Sequence[NewRun], inserted: list[Row]) -> dict[str, list[str]]:
+    got = {r[1] for r in inserted if r[1] is not None}
+    missing: dict[str, list[str]] = {}
+    for r in runs:
+        if r.idempotency_key is not None and r.idempotency_key not in got:
+            missing.setdefault(r.task, []).append(r.idempotency_key)
+    return missing
+
+
+def _ids_in_order(
+    runs: Sequence[NewRun], inserted: list[Row], existing: dict[tuple[str, str], int]
+) -> list[int]:
+    # Identities were drawn in input order, so sorted new ids line up with the runs inserted.
+    new_ids = iter(sorted(r[0] for r in inserted))
+    inserted_keys = {r[1] for r in inserted if r[1] is not None}
+    ids = []
+    seen: set[str] = set()
+    for r in runs:
+        key = r.idempotency_key
+        if key is not None and (key not in inserted_keys or key in seen):
+            ids.append(existing[(r.task, key)] if (r.task, key) in existing else _same_batch(ids, runs, r))
+        else:
+            ids.append(next(new_ids))
+            if key is not None:
+                seen.add(key)
+    return ids
+
+
+def _same_batch(ids: list[int], runs: Sequence[NewRun], run: NewRun) -> int:
+    # A key repeated inside one batch: the first occurrence was inserted, later ones share it.
+    for i, earlier in enumerate(runs[: len(ids)]):
+        if earlier.task == run.task and earlier.idempotency_key == run.idempotency_key:
+            return ids[i]
+    raise AssertionError("idempotency key neither inserted nor found")

@@ -1,0 +1,293 @@
+"""Task definitions, per-call options, and handles on enqueued runs."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from .errors import RunCancelled, RunFailed
+from .retry import Backoff
+from .serde import Signature, encode_args
+from .store import NewRun
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from .app import App
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
+
+
+@dataclass(frozen=True)
+class CallOptions:
+    """Per-call overrides given with :meth:`Task.options`."""
+
+    queue: str | None = None
+    priority: int | None = None
+    delay: float = 0.0
+    idempotency_key: str | None = None
+
+
+class Task(Generic[P, R]):
+    """A registered function that workers run. Call it directly to run it in-process; use
+    :meth:`enqueue` to have a worker run it durably."""
+
+    def __init__(
+        self,
+        app: App,
+        fn: Callable[P, R],
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        retries: int = 0,
+        backoff: Backoff | float | None = None,
+        timeout: float | None = None,
+        schedule_timeout: float | None = None,
+        priority: int = 0,
+        max_recoveries: int = 20,
+    ) -> None:
+        if retries < 0:
+            raise ValueError(f"retries={retries} is not valid: pass 0 or more")
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"timeout={timeout} is not valid: pass seconds > 0, or None")
+        self.app = app
+        self.fn = fn
+        self.name = name or f"{fn.__module__}.{fn.__qualname__}"
+        self.queue = queue
+        self.retries = retries
+        self.backoff = Backoff.coerce(backoff)
+        self.timeout = timeout
+        self.schedule_timeout = schedule_timeout
+        self.priority = priority
+        self.max_recoveries = max_recoveries
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.signature = Signature(fn)
+        self.__doc__ = fn.__doc__
+        self.__wrapped__ = fn
+
+    def __repr__(self) -> str:
+        return f"<durably task {self.name!r}>"
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Call the function in this process, bypassing the queue."""
+        return self.fn(*args, **kwargs)
+
+    def options(
+        self,
+        *,
+        priority: int | None = None,
+        delay: float = 0.0,
+        idempotency_key: str | None = None,
+        queue: str | None = None,
+    ) -> BoundTask:
+        """Per-call options: ``task.options(priority=5, delay=10).enqueue(...)``."""
+        return BoundTask(self, CallOptions(queue, priority, delay, idempotency_key))
+
+    def enqueue(self, *args: Any, connection: psycopg.Connection[Any] | None = None, **kwargs: Any) -> RunHandle:
+        """Enqueue one run; with ``connection=`` it is inserted in the caller's transaction."""
+        return BoundTask(self, CallOptions()).enqueue(*args, connection=connection, **kwargs)
+
+    async def enqueue_async(
+        self, *args: Any, connection: psycopg.AsyncConnection[Any] | None = None, **kwargs: Any
+    ) -> RunHandle:
+        """Async twin of :meth:`enqueue`."""
+        return await BoundTask(self, CallOptions()).enqueue_async(*args, connection=connection, **kwargs)
+
+    def enqueue_many(self, calls: Iterable[tuple[Any, ...]]) -> list[RunHandle]:
+        """Enqueue one run per tuple of positional arguments, in one round trip."""
+        return BoundTask(self, CallOptions()).enqueue_many(calls)
+
+    async def enqueue_many_async(self, calls: Iterable[tuple[Any, ...]]) -> list[RunHandle]:
+        """Async twin of :meth:`enqueue_many`."""
+        return await BoundTask(self, CallOptions()).enqueue_many_async(calls)
+
+    def new_run(self, args: tuple[Any, ...], kwargs: dict[str, Any], opts: CallOptions) -> NewRun:
+        """Check and encode one call into a row to insert."""
+        try:
+            self.signature.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{self.name}: {exc}") from None
+        if opts.delay < 0:
+            raise ValueError(f"delay={opts.delay} is not valid: pass seconds >= 0")
+        return NewRun(
+            task=self.name,
+            queue=opts.queue or self.queue,
+            priority=self.priority if opts.priority is None else opts.priority,
+            args=encode_args(self.name, args, kwargs, self.app.max_payload),
+            max_retries=self.retries,
+            max_recoveries=self.max_recoveries,
+            delay=opts.delay,
+            schedule_timeout=self.schedule_timeout,
+            idempotency_key=opts.idempotency_key,
+        )
+
+
+class BoundTask:
+    """A task with per-call options applied (see :meth:`Task.options`)."""
+
+    def __init__(self, task: Task[Any, Any], opts: CallOptions) -> None:
+        self.task = task
+        self.opts = opts
+
+    def options(self, **changes: Any) -> BoundTask:
+        """Change more options."""
+        return BoundTask(self.task, replace(self.opts, **changes))
+
+    def enqueue(self, *args: Any, connection: psycopg.Connection[Any] | None = None, **kwargs: Any) -> RunHandle:
+        """Enqueue one run (see :meth:`Task.enqueue`)."""
+        run = self.task.new_run(args, kwargs, self.opts)
+        app = self.task.app
+        if connection is not None:
+            if not hasattr(connection, "execute") or inspect.iscoroutinefunction(connection.execute):
+                raise TypeError("enqueue(connection=...) takes a psycopg.Connection; use enqueue_async for an AsyncConnection")
+            ids = app.call(app.store()).enqueue_sync([run], connection)
+        else:
+            ids = app.call(self._insert([run]))
+        return RunHandle(app, ids[0], self.task)
+
+    async def _insert(self, runs: list[NewRun]) -> list[int]:
+        return await (await self.task.app.store()).enqueue(runs)
+
+    async def enqueue_async(
+        self, *args: Any, connection: psycopg.AsyncConnection[Any] | None = None, **kwargs: Any
+    ) -> RunHandle:
+        """Async twin of :meth:`enqueue`."""
+        run = self.task.new_run(args, kwargs, self.opts)
+        store = await self.task.app.store()
+        ids = await store.enqueue([run], connection)
+        return RunHandle(self.task.app, ids[0], self.task)
+
+    def _new_runs(self, calls: Iterable[tuple[Any, ...]]) -> list[NewRun]:
+        runs = []
+        for i, call in enumerate(calls):
+            if not isinstance(call, tuple):
+                raise TypeError(
+                    f"{self.task.name}.enqueue_many: item {i} is a {type(call).__name__}, "
+                    "expected a tuple of positional arguments, e.g. (order_id, amount)"
+                )
+            runs.append(self.task.new_run(call, {}, self.opts))
+        return runs
+
+    def enqueue_many(self, calls: Iterable[tuple[Any, ...]]) -> list[RunHandle]:
+        """Enqueue many runs in one round trip."""
+        runs = self._new_runs(calls)
+        if not runs:
+            return []
+        ids = self.task.app.call(self._insert(runs))
+        return [RunHandle(self.task.app, i, self.task) for i in ids]
+
+    async def enqueue_many_async(self, calls: Iterable[tuple[Any, ...]]) -> list[RunHandle]:
+        """Async twin of :meth:`enqueue_many`."""
+        runs = self._new_runs(calls)
+        if not runs:
+            return []
+        store = await self.task.app.store()
+        ids = await store.enqueue(runs)
+        return [RunHandle(self.task.app, i, self.task) for i in ids]
+
+
+@dataclass(frozen=True)
+class Run:
+    """A snapshot of one run as stored."""
+
+    id: int
+    task: str
+    queue: str
+    status: str
+    priority: int
+    args: dict[str, Any]
+    result: Any
+    error: dict[str, Any] | None
+    attempt: int
+    failures: int
+    max_retries: int
+    recoveries: int
+    idempotency_key: str | None
+    run_at: datetime
+    worker_id: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> Run:
+        """Build from a ``run_get`` / ``runs_list`` row."""
+        values = list(row)
+        values[14] = None if values[14] is None else str(values[14])
+        return cls(*values)
+
+
+class RunHandle:
+    """A handle on one run: its id, status, result, and cancellation."""
+
+    def __init__(self, app: App, run_id: int, task: Task[Any, Any] | None = None) -> None:
+        self.app = app
+        self.id = run_id
+        self._task = task
+
+    def __repr__(self) -> str:
+        return f"<RunHandle {self.id}>"
+
+    def status(self) -> str:
+        """The run's current status (QUEUED, RUNNING, WAITING, COMPLETED, FAILED, CANCELLED)."""
+        return self.app.call(self.status_async())
+
+    async def status_async(self) -> str:
+        """Async twin of :meth:`status`."""
+        row = await (await self.app.store()).run_status(self.id)
+        if row is None:
+            raise LookupError(f"run {self.id} does not exist in schema {self.app.schema!r}")
+        return str(row[0])
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the run to end and return its result; raises :class:`RunFailed` when it
+        failed (or :class:`RunCancelled`) and :class:`TimeoutError` after ``timeout`` seconds."""
+        return self.app.call(self.result_async(timeout))
+
+    async def result_async(self, timeout: float | None = None) -> Any:
+        """Async twin of :meth:`result`: waits on notifications, re-checking now and then."""
+        store = await self.app.store()
+        waiters = await self.app.waiters()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            fut = waiters.watch(self.id)
+            try:
+                row = await store.run_status(self.id)
+                if row is None:
+                    raise LookupError(f"run {self.id} does not exist in schema {self.app.schema!r}")
+                if row[0] in TERMINAL:
+                    return self._outcome(row)
+                wait = 5.0 if deadline is None else min(5.0, deadline - time.monotonic())
+                if wait <= 0:
+                    raise TimeoutError(f"run {self.id} is still {row[0]} after {timeout}s")
+                try:
+                    await asyncio.wait_for(fut, wait)
+                except TimeoutError:
+                    pass
+            finally:
+                waiters.unwatch(self.id, fut)
+
+    def _outcome(self, row: tuple[Any, ...]) -> Any:
+        status, result, error, task_name = row
+        if status == "COMPLETED":
+            task = self._task or self.app.registry.get(task_name)
+            return result if task is None else task.signature.decode_result(result)
+        if status == "CANCELLED":
+            raise RunCancelled(self.id, error, status)
+        raise RunFailed(self.id, error, status)
+
+    def cancel(self) -> bool:
+        """Cancel the run (and stop it if running); False when it had already ended."""
+        return self.app.cancel(self.id)
+
+    async def cancel_async(self) -> bool:
+        """Async twin of :meth:`cancel`."""
+        return await self.app.cancel_async(self.id)

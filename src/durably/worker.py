@@ -1,0 +1,434 @@
+"""The worker: claims runs into a fixed number of slots, executes them, records outcomes.
+
+Loops, each an asyncio task on one event loop:
+
+- claim: ``free slots`` runs per statement (guide lessons 2-3), woken by NOTIFY, by a freed slot,
+  or by the poll timer (the fallback that makes notifications optional);
+- flush: outcomes are written in batches, one fenced statement per batch;
+- heartbeat: extends the leases this worker holds and abandons runs it no longer holds;
+- sweep: recovers runs of dead workers and expired leases (one sweeper at a time, any worker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field
+from queue import SimpleQueue
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from .errors import ConfigurationError, DurablyError, NonRetryableError, NotSerializable
+from .notify import Listener
+from .serde import dumps, encode_result
+from .store import LATEST_VERSION, Outcome, Store
+
+if TYPE_CHECKING:
+    from .app import App
+    from .tasks import Task
+
+log = logging.getLogger("durably.worker")
+
+_FLUSH_BATCH = 500  # keeps the 'done:' notification payload under Postgres's 8000-byte limit
+_DB_ERRORS = (psycopg.Error, DurablyError, OSError)
+
+
+@dataclass
+class _Execution:
+    run_id: int
+    attempt: int
+    task: asyncio.Task[None] | None = None
+    claimed_at: float = field(default_factory=time.monotonic)
+    abandoned: bool = False
+
+
+class Worker:
+    """Runs an App's tasks. Options:
+
+    - ``slots``: how many runs execute at once in this process (default 10);
+    - ``queues``: queues to serve (default: every queue the App's tasks name);
+    - ``poll_interval``: seconds between polls when no notification arrives (default 1);
+    - ``lease``: seconds a claim stays valid without a heartbeat (default 30);
+    - ``heartbeat_interval``: seconds between heartbeats (default 2);
+    - ``dead_after``: seconds without heartbeat before a worker counts as dead (default 15);
+    - ``sweep_interval``: seconds between sweeps for lost runs (default 1);
+    - ``grace_period``: seconds running tasks get to finish on shutdown (default 30).
+    """
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        slots: int = 10,
+        queues: list[str] | None = None,
+        poll_interval: float = 1.0,
+        lease: float = 30.0,
+        heartbeat_interval: float = 2.0,
+        dead_after: float = 15.0,
+        sweep_interval: float = 1.0,
+        grace_period: float = 30.0,
+    ) -> None:
+        if slots < 1:
+            raise ConfigurationError(f"slots={slots} is not valid: a worker needs at least 1 slot")
+        if not app.registry:
+            raise ConfigurationError("the App has no tasks: register some with @app.task first")
+        self.app = app
+        self.id = str(uuid.uuid4())
+        self.slots = slots
+        self.queues = sorted(queues or {t.queue for t in app.registry.values()})
+        self.task_names = sorted(app.registry)
+        self.poll_interval = poll_interval
+        self.lease = lease
+        self.heartbeat_interval = heartbeat_interval
+        self.dead_after = dead_after
+        self.sweep_interval = sweep_interval
+        self.grace_period = grace_period
+        self._running: dict[int, _Execution] = {}
+        self._finished: list[Outcome] = []
+        self._stopping = False
+        self._closing = False
+        self._threads = _DaemonThreads()
+        self._started = threading.Event()
+        self._crash: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def run(self, handle_signals: bool = False) -> None:
+        """Serve until :meth:`stop` (or SIGTERM/SIGINT with ``handle_signals``)."""
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._flush_needed = asyncio.Event()
+        self._force = asyncio.Event()
+        self._store = await Store.open(self.app.url, self.app.schema, max_size=4)
+        try:
+            await self._check_schema()
+            self._listener = Listener(self._connect_listener, self._on_message, self._wake.set)
+            await self._listener.start()
+            if handle_signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    self._loop.add_signal_handler(sig, self.stop)
+            background = [
+                asyncio.create_task(coro)
+                for coro in (self._listener.run(), self._heartbeat_loop(), self._sweep_loop())
+            ]
+            self._flusher = asyncio.create_task(self._flush_loop())
+            log.info("worker %s serving queues %s with %d slots", self.id, self.queues, self.slots)
+            self._started.set()
+            await self._claim_loop()
+            await self._shutdown(background)
+        finally:
+            if hasattr(self, "_listener"):
+                await self._listener.close()
+            await self._store.close()
+
+    def stop(self) -> None:
+        """Stop claiming and shut down gracefully; called a second time, stop at once."""
+        if self._stopping:
+            log.warning("second stop request: stopping now")
+            self._force.set()
+        else:
+            log.info("stopping: no new claims, waiting up to %ss for running tasks", self.grace_period)
+            self._stopping = True
+        self._wake.set()
+
+    def start_in_thread(self) -> threading.Thread:
+        """Start in a background thread; returns once the worker serves (or raises its error)."""
+        thread = threading.Thread(target=self._thread_main, name=f"durably-worker-{self.id[:8]}", daemon=True)
+        thread.start()
+        self._started.wait()
+        if self._crash is not None:
+            thread.join()
+            self.raise_if_crashed()
+        return thread
+
+    def _thread_main(self) -> None:
+        try:
+            asyncio.run(self.run())
+        except BaseException as exc:
+            self._crash = exc
+        finally:
+            self._started.set()
+
+    def stop_from_thread(self) -> None:
+        """:meth:`stop`, callable from another thread."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self.stop)
+
+    def raise_if_crashed(self) -> None:
+        """Re-raise the error that ended a background worker, if any."""
+        if self._crash is not None:
+            raise self._crash
+
+    async def _check_schema(self) -> None:
+        if self.app.auto_migrate:
+            await self._store.migrate()
+        applied = await self._store.applied_versions()
+        version = max(applied) if applied else 0
+        if version < LATEST_VERSION:
+            raise ConfigurationError(
+                f"schema {self.app.schema!r} is at version {version} but this durably needs "
+                f"{LATEST_VERSION}: run `durably db migrate` (or `durably db sql` for the SQL)"
+            )
+        if version > LATEST_VERSION:
+            raise ConfigurationError(
+                f"schema {self.app.schema!r} is at version {version}, newer than this durably "
+                f"({LATEST_VERSION}): upgrade durably on this worker"
+            )
+
+    async def _connect_listener(self) -> psycopg.AsyncConnection[Any]:
+        return await self._store.register_worker(
+            self.id, self.queues, self.task_names, self.slots, socket.gethostname(), os.getpid()
+        )
+
+    # -- claiming --------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        failures = 0
+        while not self._stopping:
+            self._wake.clear()
+            free = self.slots - len(self._running)
+            timeout: float | None = None
+            if free > 0:
+                try:
+                    rows = await self._store.claim(self.id, self.queues, self.task_names, free, self.lease)
+                    timeout = await self._idle_wait(rows)
+                    failures = 0
+                except _DB_ERRORS as exc:
+                    failures += 1
+                    timeout = min(0.1 * 2**failures, 5.0)
+                    log.warning("claim failed (%s); retrying in %.1fs", exc, timeout)
+                    rows = []
+                for row in rows:
+                    self._start(row)
+                if rows and len(rows) == free:
+                    continue  # there may be more: claim again at once
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    async def _idle_wait(self, rows: list[Any]) -> float:
+        if rows:
+            return self.poll_interval
+        due = await self._store.next_due(self.queues, self.task_names)
+        return min(self.poll_interval, due) if due is not None and due > 0 else self.poll_interval
+
+    def _start(self, row: tuple[Any, ...]) -> None:
+        run_id, task_name, args, attempt, failures, max_retries = row
+        execution = _Execution(run_id, attempt)
+        self._running[run_id] = execution
+        task = self.app.registry[task_name]
+        execution.task = asyncio.create_task(
+            self._execute(execution, task, args, failures, max_retries)
+        )
+
+    # -- executing -------------------------------------------------------------------------
+
+    async def _execute(
+        self, ex: _Execution, task: Task[Any, Any], args: Any, failures: int, max_retries: int
+    ) -> None:
+        outcome: Outcome | None = None
+        try:
+            outcome = await self._attempt(ex, task, args, failures, max_retries)
+        finally:
+            if self._running.get(ex.run_id) is ex:
+                del self._running[ex.run_id]
+            self._wake.set()
+            if outcome is not None and not ex.abandoned:
+                self._finished.append(outcome)
+                self._flush_needed.set()
+
+    async def _attempt(
+        self, ex: _Execution, task: Task[Any, Any], args: Any, failures: int, max_retries: int
+    ) -> Outcome:
+        timer = asyncio.timeout(task.timeout)
+        try:
+            call_args, call_kwargs = task.signature.decode_args(args)
+            async with timer:
+                if task.is_async:
+                    value = await task.fn(*call_args, **call_kwargs)
+                else:
+                    call = functools.partial(task.fn, *call_args, **call_kwargs)
+                    value = await asyncio.get_running_loop().run_in_executor(self._threads, call)
+            result = encode_result(task.name, value, self.app.max_payload)
+            return Outcome(ex.run_id, ex.attempt, "ok", result=result)
+        except asyncio.CancelledError as exc:
+            current = asyncio.current_task()
+            if ex.abandoned or (current is not None and current.cancelling()):
+                raise  # taken away from us (lease lost, cancelled, shutdown): write nothing
+            return self._failure(ex, task, exc, failures, max_retries)
+        except BaseException as exc:  # anything a task raises fails only its run
+            if isinstance(exc, TimeoutError) and timer.expired():
+                exc = TimeoutError(f"{task.name} did not finish within its timeout of {task.timeout}s")
+            return self._failure(ex, task, exc, failures, max_retries)
+
+    def _failure(
+        self, ex: _Execution, task: Task[Any, Any], exc: BaseException, failures: int, max_retries: int
+    ) -> Outcome:
+        error = _error_json(exc)
+        final = isinstance(exc, NonRetryableError | NotSerializable) or failures >= max_retries
+        log.info("run %s (%s) attempt %s failed: %s", ex.run_id, task.name, ex.attempt, exc)
+        if final:
+            return Outcome(ex.run_id, ex.attempt, "fail", error=error)
+        delay = task.backoff.delay(failures + 1)
+        return Outcome(ex.run_id, ex.attempt, "retry", error=error, delay=delay)
+
+    def _abandon(self, run_id: int, why: str) -> None:
+        ex = self._running.get(run_id)
+        if ex is not None and not ex.abandoned and ex.task is not None:
+            log.info("abandoning run %s: %s", run_id, why)
+            ex.abandoned = True
+            ex.task.cancel()
+
+    def _on_message(self, payload: str) -> None:
+        kind, _, rest = payload.partition(":")
+        if kind == "q" and rest in self.queues:
+            self._wake.set()
+        elif kind == "cancel":
+            self._abandon(int(rest), "cancelled")
+
+    # -- recording outcomes ----------------------------------------------------------------
+
+    async def _flush_loop(self) -> None:
+        while not (self._closing and not self._finished):
+            await self._flush_needed.wait()
+            self._flush_needed.clear()
+            await self._flush_pending()
+
+    async def _flush_pending(self) -> None:
+        failures = 0
+        while self._finished:
+            batch = self._finished[:_FLUSH_BATCH]
+            try:
+                await self._store.finish(self.id, batch)
+            except _DB_ERRORS as exc:
+                # Safe to repeat: the write is fenced, so a batch that did commit writes nothing twice.
+                failures += 1
+                delay = min(0.1 * 2**failures, 5.0)
+                log.warning("recording %d outcomes failed (%s); retrying in %.1fs", len(batch), exc, delay)
+                await asyncio.sleep(delay)
+                continue
+            del self._finished[: len(batch)]
+            if any(o.kind == "retry" for o in batch):
+                self._wake.set()
+
+    # -- heartbeats and recovery -----------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            sent = time.monotonic()
+            try:
+                held = await self._store.heartbeat(self.id, self.lease)
+            except _DB_ERRORS as exc:
+                log.warning("heartbeat failed: %s", exc)
+                continue
+            for ex in list(self._running.values()):
+                if ex.claimed_at < sent and (ex.run_id, ex.attempt) not in held:
+                    self._abandon(ex.run_id, "its lease was taken (recovered or cancelled)")
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_interval)
+            try:
+                swept = await self._store.sweep(self.dead_after)
+                if swept and any(swept):
+                    log.info("sweeper: %d runs recovered, %d past schedule timeout", *swept)
+            except _DB_ERRORS as exc:
+                log.warning("sweep failed: %s", exc)
+
+    # -- shutdown --------------------------------------------------------------------------
+
+    async def _shutdown(self, background: list[asyncio.Task[Any]]) -> None:
+        await self._wait_running_or_force()
+        leftover = list(self._running.values())
+        for ex in leftover:
+            self._abandon(ex.run_id, "worker shutting down")
+        await asyncio.gather(*(ex.task for ex in leftover if ex.task), return_exceptions=True)
+        self._closing = True
+        self._flush_needed.set()
+        await self._flush_or_force()
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        try:
+            if leftover:
+                released = await self._store.release(self.id, [ex.run_id for ex in leftover])
+                log.info("released %d unfinished runs back to the queue", released)
+            await self._store.worker_stopped(self.id)
+        except _DB_ERRORS as exc:
+            log.warning("could not release runs on shutdown (%s); the sweeper will", exc)
+
+    async def _wait_running_or_force(self) -> None:
+        deadline = time.monotonic() + self.grace_period
+        while self._running and not self._force.is_set() and time.monotonic() < deadline:
+            waiting = [ex.task for ex in self._running.values() if ex.task is not None]
+            force = asyncio.create_task(self._force.wait())
+            await asyncio.wait([*waiting, force], timeout=deadline - time.monotonic(),
+                               return_when=asyncio.FIRST_COMPLETED)
+            force.cancel()
+
+    async def _flush_or_force(self) -> None:
+        force = asyncio.create_task(self._force.wait())
+        await asyncio.wait([self._flusher, force], return_when=asyncio.FIRST_COMPLETED)
+        force.cancel()
+        if not self._flusher.done():
+            self._flusher.cancel()
+            log.warning("stopped before %d outcomes were recorded; their runs will be recovered",
+                        len(self._finished))
+
+
+def _error_json(exc: BaseException) -> str:
+    tb = "".join(traceback.format_exception(exc))
+    error = {
+        "type": f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins."),
+        "message": str(exc).replace("\x00", "\\x00"),
+        "traceback": tb.replace("\x00", "\\x00"),
+    }
+    return dumps(error)
+
+
+class _DaemonThreads(Executor):
+    """Runs sync tasks on daemon threads, created as needed and reused. Unlike the standard
+    pool, a sync task that never returns cannot keep the process from exiting."""
+
+    def __init__(self) -> None:
+        self._jobs: SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = SimpleQueue()
+        self._idle = 0
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        self._jobs.put((future, functools.partial(fn, *args, **kwargs)))
+        with self._lock:
+            if self._idle > 0:
+                self._idle -= 1
+            else:
+                threading.Thread(target=self._serve, name="durably-task", daemon=True).start()
+        return future
+
+    def _serve(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            future, call = job
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(call())
+                except BaseException as exc:  # a task's SystemExit must not end this thread
+                    future.set_exception(exc)
+            with self._lock:
+                self._idle += 1
