@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +46,22 @@ class WorkerProcess:
             stderr=subprocess.STDOUT,
             text=True,
         )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def wait_for_line(self, text: str, timeout: float = 20.0) -> str:
+        """Wait until the worker printed a line containing ``text``; return that line."""
+
+        def found() -> str | None:
+            return next((line for line in self.lines if text in line), None)
+
+        return wait_until(found, timeout, what=f"worker output {text!r}")
 
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
@@ -58,8 +75,8 @@ class WorkerProcess:
         return self.proc.wait(timeout)
 
     def output(self) -> str:
-        assert self.proc.stdout is not None
-        return self.proc.stdout.read()
+        self._reader.join(5)
+        return "".join(self.lines)
 
     def __enter__(self) -> WorkerProcess:
         return self
@@ -68,5 +85,3 @@ class WorkerProcess:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
-        if self.proc.stdout:
-            self.proc.stdout.close()

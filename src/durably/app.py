@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import os
 import threading
@@ -165,7 +166,7 @@ class App:
 
         listener = Listener(listen, waiters.on_message, waiters.wake_all)
         await listener.start()
-        waiters.task = asyncio.get_running_loop().create_task(listener.run())
+        waiters.listen(listener)
         return waiters
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -173,7 +174,27 @@ class App:
         with self._lock:
             if self._portal is None:
                 self._portal = Portal()
+                atexit.register(self.close)
         return self._portal.call(coro)
+
+    async def aclose(self) -> None:
+        """Close the connections this App opened on the running event loop."""
+        loop = asyncio.get_running_loop()
+        waiters = self._waiters.pop(loop, None)
+        if waiters is not None and waiters.done() and not waiters.exception():
+            await waiters.result().close()
+        store = self._stores.pop(loop, None)
+        if store is not None and store.done() and not store.exception():
+            await store.result().close()
+
+    def close(self) -> None:
+        """Close the connections of the sync API and stop its private loop."""
+        with self._lock:
+            portal, self._portal = self._portal, None
+        if portal is not None:
+            atexit.unregister(self.close)
+            portal.call(self.aclose())
+            portal.stop()
 
     # -- client operations (sync and async twins) -----------------------------------------
 

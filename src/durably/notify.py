@@ -75,7 +75,21 @@ class Waiters:
 
     def __init__(self) -> None:
         self._waiting: dict[int, set[asyncio.Future[None]]] = {}
-        self.task: asyncio.Task[None] | None = None  # the listener feeding this
+        self._listener: Listener | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def listen(self, listener: Listener) -> None:
+        """Be fed by ``listener`` (started) from now on."""
+        self._listener = listener
+        self._task = asyncio.get_running_loop().create_task(listener.run())
+
+    async def close(self) -> None:
+        """Stop listening."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._listener is not None:
+            await self._listener.close()
 
     def watch(self, run_id: int) -> asyncio.Future[None]:
         """A future resolved when a notification says ``run_id`` ended."""

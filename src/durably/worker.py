@@ -312,7 +312,7 @@ class Worker:
         while self._finished:
             batch = self._finished[:_FLUSH_BATCH]
             try:
-                await self._store.finish(self.id, batch)
+                written = await self._store.finish(self.id, batch)
             except _DB_ERRORS as exc:
                 # Safe to repeat: the write is fenced, so a batch that did commit writes nothing twice.
                 failures += 1
@@ -321,6 +321,9 @@ class Worker:
                 await asyncio.sleep(delay)
                 continue
             del self._finished[: len(batch)]
+            if len(written) < len(batch):
+                fenced = {o.run_id for o in batch} - {row[0] for row in written}
+                log.info("outcomes of runs %s not recorded: their lease was lost (fenced)", sorted(fenced))
             if any(o.kind == "retry" for o in batch):
                 self._wake.set()
 

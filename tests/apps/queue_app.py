@@ -64,3 +64,25 @@ async def async_effect(tag: str, seconds: float = 0.0) -> str:
     await asyncio.sleep(seconds)
     await asyncio.to_thread(record, tag, started, time.time())
     return tag
+
+
+@app.task(name="slow_first")
+def slow_first(tag: str, seconds: float = 60.0) -> str:
+    """Records each start; only the first execution of a tag is slow, so a test can kill the
+    worker running it and watch the next attempt finish at once."""
+    with psycopg.connect(app.url, autocommit=True) as conn:
+        cur = conn.execute(f'SELECT count(*) FROM "{SCHEMA}".effects WHERE tag = %s', (tag,))
+        earlier = cur.fetchone()[0]  # type: ignore[index]
+    record(tag, time.time())
+    if earlier == 0:
+        time.sleep(seconds)
+    return f"{tag}:{os.getpid()}"
+
+
+@app.task(name="effect_pid")
+def effect_pid(tag: str, seconds: float = 0.0) -> str:
+    """Like effect, but returns which process ran it."""
+    started = time.time()
+    time.sleep(seconds)
+    record(tag, started, time.time())
+    return f"{tag}:{os.getpid()}"

@@ -1,0 +1,1 @@
+"""Benchmarks of durably (run ``python -m bench.queue``; see bench/README.md)."""
