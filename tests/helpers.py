@@ -16,7 +16,12 @@ T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def wait_until(condition: Callable[[], T], timeout: float = 20.0, interval: float = 0.02, what: str = "condition") -> T:
+def wait_until(
+    condition: Callable[[], T],
+    timeout: float = 20.0,
+    interval: float = 0.02,
+    what: str = "condition",
+) -> T:
     """Poll ``condition`` until it returns a truthy value; fail the test after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
@@ -31,7 +36,14 @@ def wait_until(condition: Callable[[], T], timeout: float = 20.0, interval: floa
 class WorkerProcess:
     """``durably worker tests.apps.<module>:app`` in a subprocess, on the test's schema."""
 
-    def __init__(self, url: str, schema: str, module: str = "queue_app", *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        schema: str,
+        module: str = "queue_app",
+        *args: str,
+        env: dict[str, str] | None = None,
+    ) -> None:
         full_env = {
             **os.environ,
             "DURABLY_DATABASE_URL": url,

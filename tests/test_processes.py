@@ -36,12 +36,19 @@ def statuses(db: psycopg.Connection[Any], schema: str) -> Counter[str]:
 
 def run_row(db: psycopg.Connection[Any], schema: str, run_id: int) -> dict[str, Any]:
     cur = db.execute(
-        f'SELECT status, attempt, recoveries, failures, result, finished_at FROM "{schema}".runs WHERE id = %s',
+        "SELECT status, attempt, recoveries, failures, result, finished_at"
+        f' FROM "{schema}".runs WHERE id = %s',
         (run_id,),
     )
     row = cur.fetchone()
     assert row is not None
-    return dict(zip(["status", "attempt", "recoveries", "failures", "result", "finished_at"], row, strict=True))
+    return dict(
+        zip(
+            ["status", "attempt", "recoveries", "failures", "result", "finished_at"],
+            row,
+            strict=True,
+        )
+    )
 
 
 def test_claim_under_contention_runs_each_once(
@@ -52,7 +59,9 @@ def test_claim_under_contention_runs_each_once(
     effect.enqueue_many([(f"t{i}",) for i in range(n)])
     workers = [WorkerProcess(database_url, schema, "queue_app", "--slots", "8") for _ in range(4)]
     try:
-        wait_until(lambda: statuses(db, schema)["COMPLETED"] == n, timeout=60, what="all runs completed")
+        wait_until(
+            lambda: statuses(db, schema)["COMPLETED"] == n, timeout=60, what="all runs completed"
+        )
     finally:
         for w in workers:
             w.kill()
@@ -101,12 +110,19 @@ def test_shutdown_past_grace_period_releases_runs_at_once(
     qapp: durably.App, database_url: str, schema: str, db: psycopg.Connection[Any]
 ) -> None:
     handle = qapp.registry["slow_first"].enqueue("g1")
-    with WorkerProcess(database_url, schema, "queue_app", "--slots", "1", "--grace-period", "0.5") as worker:
+    with WorkerProcess(
+        database_url, schema, "queue_app", "--slots", "1", "--grace-period", "0.5"
+    ) as worker:
         wait_until(lambda: effects(db, schema), what="run started")
         worker.signal(signal.SIGTERM)
         assert worker.wait(20) == 0
     row = run_row(db, schema, handle.id)
-    assert (row["status"], row["attempt"], row["recoveries"], row["failures"]) == ("QUEUED", 1, 0, 0)
+    assert (row["status"], row["attempt"], row["recoveries"], row["failures"]) == (
+        "QUEUED",
+        1,
+        0,
+        0,
+    )
     with WorkerProcess(database_url, schema, "queue_app", "--slots", "1") as other:
         assert handle.result(timeout=20) == f"g1:{other.proc.pid}"
 
@@ -140,7 +156,9 @@ def test_zombie_worker_writes_nothing_after_its_lease_is_taken(
             done = run_row(db, schema, handle.id)
             zombie.signal(signal.SIGCONT)
             # The zombie's body runs to its end (at-least-once) but its outcome is not written.
-            wait_until(lambda: ("z1", zombie.proc.pid) in effects(db, schema), what="zombie body ended")
+            wait_until(
+                lambda: ("z1", zombie.proc.pid) in effects(db, schema), what="zombie body ended"
+            )
             fenced = f"outcomes of runs [{handle.id}] not recorded"
             abandoned = f"abandoning run {handle.id}:"
             wait_until(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 from typing import Any
@@ -102,15 +103,18 @@ def test_retries_with_constant_backoff(app: durably.App) -> None:
     run = app.get_run(handle.id)
     assert run is not None
     assert (run.attempt, run.failures, run.status) == (3, 2, "COMPLETED")
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert all(gap >= 0.3 for gap in gaps), gaps
 
 
 def test_exponential_backoff_grows(app: durably.App) -> None:
     starts: list[float] = []
 
-    @app.task(name="flaky_exp", retries=3,
-              backoff=durably.Backoff.exponential(base=0.2, factor=3, max=10, jitter=False))
+    @app.task(
+        name="flaky_exp",
+        retries=3,
+        backoff=durably.Backoff.exponential(base=0.2, factor=3, max=10, jitter=False),
+    )
     def flaky_exp() -> None:
         starts.append(time.monotonic())
         raise ConnectionError("always")
@@ -120,7 +124,7 @@ def test_exponential_backoff_grows(app: durably.App) -> None:
         with pytest.raises(durably.RunFailed) as failed:
             handle.result(timeout=15)
     assert failed.value.error_type == "ConnectionError"
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert len(starts) == 4
     assert gaps[0] >= 0.2 and gaps[1] >= 0.6 and gaps[2] >= 1.8, gaps
 

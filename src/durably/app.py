@@ -54,9 +54,9 @@ class App:
         self._stores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[Store]] = (
             weakref.WeakKeyDictionary()
         )
-        self._waiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[Waiters]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._waiters: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, asyncio.Task[Waiters]
+        ] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self._portal: Portal | None = None
         self._migrated = False
@@ -86,6 +86,7 @@ class App:
     @overload
     def task(
         self,
+        /,
         *,
         name: str | None = None,
         queue: str = "default",
@@ -97,7 +98,7 @@ class App:
         max_recoveries: int = 20,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
-    def task(self, fn: Callable[P, R] | None = None, /, **options: Any) -> Any:
+    def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
         """Register a function (sync or async) as a task: ``@app.task`` or ``@app.task(retries=3)``.
 
         Options: ``name`` (default ``module.qualname``), ``queue``, ``retries`` (extra attempts
@@ -106,8 +107,8 @@ class App:
         ``max_recoveries`` (times a run may lose its worker before it fails).
         """
 
-        def register(f: Callable[P, R]) -> Task[P, R]:
-            task: Task[P, R] = Task(self, f, **options)
+        def register(f: Callable[..., Any]) -> Task[Any, Any]:
+            task: Task[Any, Any] = Task(self, f, **options)
             if task.name in self.registry and self.registry[task.name].fn is not f:
                 raise ConfigurationError(
                     f"two tasks are named {task.name!r}: give one of them another name= "

@@ -24,7 +24,9 @@ def load_app(spec: str) -> App:
     """Import ``module:attribute`` and return the App it names."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
-        raise click.UsageError(f"APP must look like module:attribute (e.g. myapp:app), not {spec!r}")
+        raise click.UsageError(
+            f"APP must look like module:attribute (e.g. myapp:app), not {spec!r}"
+        )
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
@@ -53,13 +55,27 @@ def friendly_errors(fn: F) -> F:
 
 def database_options(fn: F) -> F:
     """``--app`` or ``--database-url``/``--schema`` for commands that only need the database."""
-    fn = click.option("--schema", default=None, envvar="DURABLY_SCHEMA", help="Schema of the App's tables.")(fn)
-    fn = click.option("--database-url", default=None, help="PostgreSQL URL (default: DURABLY_DATABASE_URL, DATABASE_URL, else embedded).")(fn)
-    fn = click.option("--app", "app_spec", default=None, envvar="DURABLY_APP", help="module:attribute naming an App.")(fn)
+    fn = click.option(
+        "--schema", default=None, envvar="DURABLY_SCHEMA", help="Schema of the App's tables."
+    )(fn)
+    fn = click.option(
+        "--database-url",
+        default=None,
+        help="PostgreSQL URL (default: DURABLY_DATABASE_URL, DATABASE_URL, else embedded).",
+    )(fn)
+    fn = click.option(
+        "--app",
+        "app_spec",
+        default=None,
+        envvar="DURABLY_APP",
+        help="module:attribute naming an App.",
+    )(fn)
     return fn
 
 
-def resolve_app(app_spec: str | None, database_url: str | None, schema: str | None, migrate: bool = False) -> App:
+def resolve_app(
+    app_spec: str | None, database_url: str | None, schema: str | None, migrate: bool = False
+) -> App:
     """The App named by ``--app``, or a bare App on ``--database-url``/``--schema``."""
     if app_spec:
         app = load_app(app_spec)
@@ -98,24 +114,49 @@ def _cell(value: Any) -> str:
 def main(verbose: int) -> None:
     """durably: durable execution for Python, built entirely on PostgreSQL."""
     level = logging.WARNING - 10 * verbose
-    logging.basicConfig(level=max(level, logging.DEBUG), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=max(level, logging.DEBUG), format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
 
 
 @main.command()
 @click.argument("app_spec", metavar="APP")
-@click.option("--slots", default=10, show_default=True, help="Runs executing at once in this process.")
-@click.option("--queue", "queues", multiple=True, help="Queue to serve (repeatable; default: all the App's queues).")
-@click.option("--poll-interval", default=1.0, show_default=True, help="Seconds between polls when idle.")
-@click.option("--lease", default=30.0, show_default=True, help="Seconds a claim lasts without heartbeat.")
-@click.option("--grace-period", default=30.0, show_default=True, help="Seconds running tasks get on shutdown.")
+@click.option(
+    "--slots", default=10, show_default=True, help="Runs executing at once in this process."
+)
+@click.option(
+    "--queue",
+    "queues",
+    multiple=True,
+    help="Queue to serve (repeatable; default: all the App's queues).",
+)
+@click.option(
+    "--poll-interval", default=1.0, show_default=True, help="Seconds between polls when idle."
+)
+@click.option(
+    "--lease", default=30.0, show_default=True, help="Seconds a claim lasts without heartbeat."
+)
+@click.option(
+    "--grace-period", default=30.0, show_default=True, help="Seconds running tasks get on shutdown."
+)
 @friendly_errors
-def worker(app_spec: str, slots: int, queues: tuple[str, ...], poll_interval: float, lease: float, grace_period: float) -> None:
+def worker(
+    app_spec: str,
+    slots: int,
+    queues: tuple[str, ...],
+    poll_interval: float,
+    lease: float,
+    grace_period: float,
+) -> None:
     """Run a worker for APP (module:attribute) until SIGTERM or Ctrl-C."""
     app = load_app(app_spec)
     if logging.getLogger().level > logging.INFO:
         logging.getLogger("durably").setLevel(logging.INFO)
     app.run_worker(
-        slots=slots, queues=list(queues) or None, poll_interval=poll_interval, lease=lease,
+        slots=slots,
+        queues=list(queues) or None,
+        poll_interval=poll_interval,
+        lease=lease,
         grace_period=grace_period,
     )
 
@@ -185,17 +226,29 @@ def runs() -> None:
 
 @runs.command("list")
 @database_options
-@click.option("--status", default=None, help="QUEUED, RUNNING, WAITING, COMPLETED, FAILED or CANCELLED.")
+@click.option(
+    "--status", default=None, help="QUEUED, RUNNING, WAITING, COMPLETED, FAILED or CANCELLED."
+)
 @click.option("--task", default=None)
 @click.option("--queue", default=None)
 @click.option("--limit", default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @friendly_errors
-def runs_list(app_spec: str | None, database_url: str | None, schema: str | None, status: str | None,
-              task: str | None, queue: str | None, limit: int, as_json: bool) -> None:
+def runs_list(
+    app_spec: str | None,
+    database_url: str | None,
+    schema: str | None,
+    status: str | None,
+    task: str | None,
+    queue: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
     """List runs, newest first."""
     app = resolve_app(app_spec, database_url, schema, migrate=True)
-    found = app.list_runs(status=status.upper() if status else None, task=task, queue=queue, limit=limit)
+    found = app.list_runs(
+        status=status.upper() if status else None, task=task, queue=queue, limit=limit
+    )
     rows = [r.__dict__ for r in found]
     emit(rows, as_json, ["id", "task", "queue", "status", "attempt", "created_at"])
 
@@ -205,7 +258,9 @@ def runs_list(app_spec: str | None, database_url: str | None, schema: str | None
 @database_options
 @click.option("--json", "as_json", is_flag=True)
 @friendly_errors
-def runs_show(run_id: int, app_spec: str | None, database_url: str | None, schema: str | None, as_json: bool) -> None:
+def runs_show(
+    run_id: int, app_spec: str | None, database_url: str | None, schema: str | None, as_json: bool
+) -> None:
     """Show one run: input, output or error, attempts."""
     app = resolve_app(app_spec, database_url, schema, migrate=True)
     run = app.get_run(run_id)
@@ -227,11 +282,15 @@ def runs_show(run_id: int, app_spec: str | None, database_url: str | None, schem
 @click.argument("run_id", type=int)
 @database_options
 @friendly_errors
-def runs_cancel(run_id: int, app_spec: str | None, database_url: str | None, schema: str | None) -> None:
+def runs_cancel(
+    run_id: int, app_spec: str | None, database_url: str | None, schema: str | None
+) -> None:
     """Cancel a run that has not ended."""
     app = resolve_app(app_spec, database_url, schema, migrate=True)
     if not app.cancel(run_id):
-        click.echo(f"run {run_id} was not cancelled: it does not exist or has already ended", err=True)
+        click.echo(
+            f"run {run_id} was not cancelled: it does not exist or has already ended", err=True
+        )
         sys.exit(1)
     click.echo(f"run {run_id} cancelled")
 
@@ -245,13 +304,29 @@ def workers() -> None:
 @database_options
 @click.option("--json", "as_json", is_flag=True)
 @friendly_errors
-def workers_list(app_spec: str | None, database_url: str | None, schema: str | None, as_json: bool) -> None:
+def workers_list(
+    app_spec: str | None, database_url: str | None, schema: str | None, as_json: bool
+) -> None:
     """Workers, newest first: alive or stopped, slots in use, last heartbeat."""
     app = resolve_app(app_spec, database_url, schema, migrate=True)
     rows = app.call(_fetch(app, "workers_list", {"limit": 100}))
-    keys = ["id", "hostname", "pid", "queues", "tasks", "slots", "started_at", "heartbeat_at", "stopped_at", "running"]
-    emit([dict(zip(keys, r, strict=True)) for r in rows], as_json,
-         ["id", "hostname", "pid", "slots", "running", "heartbeat_at", "stopped_at"])
+    keys = [
+        "id",
+        "hostname",
+        "pid",
+        "queues",
+        "tasks",
+        "slots",
+        "started_at",
+        "heartbeat_at",
+        "stopped_at",
+        "running",
+    ]
+    emit(
+        [dict(zip(keys, r, strict=True)) for r in rows],
+        as_json,
+        ["id", "hostname", "pid", "slots", "running", "heartbeat_at", "stopped_at"],
+    )
 
 
 @main.group()
@@ -263,7 +338,9 @@ def queues() -> None:
 @database_options
 @click.option("--json", "as_json", is_flag=True)
 @friendly_errors
-def queues_list(app_spec: str | None, database_url: str | None, schema: str | None, as_json: bool) -> None:
+def queues_list(
+    app_spec: str | None, database_url: str | None, schema: str | None, as_json: bool
+) -> None:
     """Depth of each queue by status, age of its oldest due run, and queued runs no live worker
     knows the task of (they wait for a worker that does)."""
     app = resolve_app(app_spec, database_url, schema, migrate=True)

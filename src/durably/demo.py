@@ -45,7 +45,9 @@ def run_demo() -> None:
         same = charge_payment.options(idempotency_key="order-3-charge").enqueue("order-3", 300)
         bad = refund.enqueue("order-2")
         click.echo(f"enqueued runs {charge.id}, {email.id}, {again.id}, {bad.id}")
-        click.echo(f"idempotency key: the second enqueue returned the same run ({same.id} == {again.id})")
+        click.echo(
+            f"idempotency key: the second enqueue returned the same run ({same.id} == {again.id})"
+        )
         click.echo(f"charge_payment -> {charge.result(timeout=30)}  (failed once, retried)")
         click.echo(f"send_email     -> {email.result(timeout=30)}")
         try:

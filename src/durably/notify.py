@@ -5,6 +5,7 @@ notification (or a dropped listener connection) costs latency, never a run."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -59,10 +60,8 @@ class Listener:
 
     async def _discard(self) -> None:
         if self.conn is not None:
-            try:
+            with contextlib.suppress(psycopg.Error):
                 await self.conn.close()
-            except psycopg.Error:
-                pass
         self.conn = None
 
     async def close(self) -> None:

@@ -48,5 +48,6 @@ class Backoff:
         if isinstance(value, int | float) and value >= 0:
             return cls.constant(float(value))
         raise TypeError(
-            f"backoff={value!r} is not valid: pass seconds (>= 0) or durably.Backoff.exponential(...)"
+            f"backoff={value!r} is not valid: "
+            "pass seconds (>= 0) or durably.Backoff.exponential(...)"
         )

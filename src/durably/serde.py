@@ -35,7 +35,9 @@ def dumps(value: Any) -> str:
     that Postgres can store."""
     encoded = json.dumps(value, default=_default, allow_nan=False, separators=(",", ":"))
     if "\\u0000" in encoded:
-        raise ValueError("a string contains a NUL character (\\x00), which Postgres jsonb cannot store")
+        raise ValueError(
+            "a string contains a NUL character (\\x00), which Postgres jsonb cannot store"
+        )
     return encoded
 
 
@@ -103,9 +105,7 @@ class Signature:
         except Exception:  # unresolvable annotations: pass values through as JSON
             hints = {}
         self.positional = [
-            p.name
-            for p in params
-            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+            p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
         ]
         self.adapters: dict[str, pydantic.TypeAdapter[Any]] = {
             p.name: pydantic.TypeAdapter(hints[p.name])

@@ -93,8 +93,8 @@ def describe_url(url: str) -> str:
         info = conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError:
         return "<malformed URL>"
-    host = info.get("host") or "localhost"
-    return f"postgresql://{info.get('user') or ''}@{host}:{info.get('port') or 5432}/{info.get('dbname') or ''}"
+    user, host = info.get("user") or "", info.get("host") or "localhost"
+    return f"postgresql://{user}@{host}:{info.get('port') or 5432}/{info.get('dbname') or ''}"
 
 
 def _check_url(url: str) -> None:
@@ -172,7 +172,9 @@ class Store:
     async def applied_versions(self) -> list[int]:
         """Versions recorded in the migrations table (empty when the schema is new)."""
         async with self.pool.connection() as conn:
-            cur = await conn.execute(self._sql["schema_exists"], {"table": f'"{self.schema}".migrations'})
+            cur = await conn.execute(
+                self._sql["schema_exists"], {"table": f'"{self.schema}".migrations'}
+            )
             row = await cur.fetchone()
             if not row or not row[0]:
                 return []
@@ -182,7 +184,10 @@ class Store:
     async def pending_sql(self) -> str:
         """The SQL that ``migrate`` would run now, for a DBA to read or run by hand."""
         applied = set(await self.applied_versions())
-        parts = [f'CREATE SCHEMA IF NOT EXISTS "{self.schema}";', self._sql["migrations_bootstrap"] + ";"]
+        parts = [
+            f'CREATE SCHEMA IF NOT EXISTS "{self.schema}";',
+            self._sql["migrations_bootstrap"] + ";",
+        ]
         for m in MIGRATIONS:
             if m.version not in applied:
                 parts.append(f"-- {m.version:04d}_{m.name}\n{self._migration_sql(m).strip()}")
@@ -276,7 +281,13 @@ class Store:
         before_id: int | None = None,
     ) -> list[Row]:
         """Runs, newest first, filtered; page with ``before_id``."""
-        params = {"status": status, "task": task, "queue": queue, "limit": limit, "before_id": before_id}
+        params = {
+            "status": status,
+            "task": task,
+            "queue": queue,
+            "limit": limit,
+            "before_id": before_id,
+        }
         return await self.fetch("runs_list", params)
 
     # -- worker side -------------------------------------------------------------------------
@@ -285,7 +296,13 @@ class Store:
         self, worker_id: str, queues: list[str], tasks: list[str], limit: int, lease: float
     ) -> list[Row]:
         """Claim up to ``limit`` due runs in one statement (FOR UPDATE SKIP LOCKED)."""
-        params = {"worker_id": worker_id, "queues": queues, "tasks": tasks, "limit": limit, "lease": lease}
+        params = {
+            "worker_id": worker_id,
+            "queues": queues,
+            "tasks": tasks,
+            "limit": limit,
+            "lease": lease,
+        }
         return await self.fetch("claim", params)
 
     async def next_due(self, queues: list[str], tasks: list[str]) -> float | None:
@@ -328,7 +345,11 @@ class Store:
             row = await cur.fetchone()
             if not row or not row[0]:
                 return None
-            params = {"dead_after": dead_after, "namespace": self.namespace, "channel": self.channel}
+            params = {
+                "dead_after": dead_after,
+                "namespace": self.namespace,
+                "channel": self.channel,
+            }
             await conn.execute(self._sql["sweep_dead_workers"], params)
             cur = await conn.execute(self._sql["sweep_orphans"], params)
             recovered = len(await cur.fetchall())
@@ -337,7 +358,13 @@ class Store:
             return recovered, expired
 
     async def register_worker(
-        self, worker_id: str, queues: list[str], tasks: list[str], slots: int, hostname: str, pid: int
+        self,
+        worker_id: str,
+        queues: list[str],
+        tasks: list[str],
+        slots: int,
+        hostname: str,
+        pid: int,
     ) -> psycopg.AsyncConnection[Any]:
         """Open the worker's own connection, take its liveness lock on it, record the worker and
         LISTEN. The lock is taken before the row exists, so no sweeper can see a live worker
@@ -347,11 +374,20 @@ class Store:
         row = await cur.fetchone()
         assert row is not None
         lock_id = row[0]
-        await conn.execute(self._sql["worker_lock"], {"namespace": self.namespace, "lock_id": lock_id})
+        await conn.execute(
+            self._sql["worker_lock"], {"namespace": self.namespace, "lock_id": lock_id}
+        )
         await conn.execute(
             self._sql["worker_register"],
-            {"worker_id": worker_id, "lock_id": lock_id, "hostname": hostname, "pid": pid,
-             "queues": queues, "tasks": tasks, "slots": slots},
+            {
+                "worker_id": worker_id,
+                "lock_id": lock_id,
+                "hostname": hostname,
+                "pid": pid,
+                "queues": queues,
+                "tasks": tasks,
+                "slots": slots,
+            },
         )
         await self.listen(conn)
         return conn
@@ -392,12 +428,14 @@ def _ids_in_order(
     # Identities were drawn in input order, so sorted new ids line up with the runs inserted.
     new_ids = iter(sorted(r[0] for r in inserted))
     inserted_keys = {r[1] for r in inserted if r[1] is not None}
-    ids = []
+    ids: list[int] = []
     seen: set[str] = set()
     for r in runs:
         key = r.idempotency_key
         if key is not None and (key not in inserted_keys or key in seen):
-            ids.append(existing[(r.task, key)] if (r.task, key) in existing else _same_batch(ids, runs, r))
+            ids.append(
+                existing[(r.task, key)] if (r.task, key) in existing else _same_batch(ids, runs, r)
+            )
         else:
             ids.append(next(new_ids))
             if key is not None:

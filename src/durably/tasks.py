@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import time
 from collections.abc import Callable, Iterable
@@ -10,14 +11,14 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
+import psycopg
+
 from .errors import RunCancelled, RunFailed
 from .retry import Backoff
 from .serde import Signature, encode_args
 from .store import NewRun
 
 if TYPE_CHECKING:
-    import psycopg
-
     from .app import App
 
 P = ParamSpec("P")
@@ -91,7 +92,9 @@ class Task(Generic[P, R]):
         """Per-call options: ``task.options(priority=5, delay=10).enqueue(...)``."""
         return BoundTask(self, CallOptions(queue, priority, delay, idempotency_key))
 
-    def enqueue(self, *args: Any, connection: psycopg.Connection[Any] | None = None, **kwargs: Any) -> RunHandle:
+    def enqueue(
+        self, *args: Any, connection: psycopg.Connection[Any] | None = None, **kwargs: Any
+    ) -> RunHandle:
         """Enqueue one run; with ``connection=`` it is inserted in the caller's transaction."""
         return BoundTask(self, CallOptions()).enqueue(*args, connection=connection, **kwargs)
 
@@ -99,7 +102,9 @@ class Task(Generic[P, R]):
         self, *args: Any, connection: psycopg.AsyncConnection[Any] | None = None, **kwargs: Any
     ) -> RunHandle:
         """Async twin of :meth:`enqueue`."""
-        return await BoundTask(self, CallOptions()).enqueue_async(*args, connection=connection, **kwargs)
+        return await BoundTask(self, CallOptions()).enqueue_async(
+            *args, connection=connection, **kwargs
+        )
 
     def enqueue_many(self, calls: Iterable[tuple[Any, ...]]) -> list[RunHandle]:
         """Enqueue one run per tuple of positional arguments, in one round trip."""
@@ -141,13 +146,18 @@ class BoundTask:
         """Change more options."""
         return BoundTask(self.task, replace(self.opts, **changes))
 
-    def enqueue(self, *args: Any, connection: psycopg.Connection[Any] | None = None, **kwargs: Any) -> RunHandle:
+    def enqueue(
+        self, *args: Any, connection: psycopg.Connection[Any] | None = None, **kwargs: Any
+    ) -> RunHandle:
         """Enqueue one run (see :meth:`Task.enqueue`)."""
         run = self.task.new_run(args, kwargs, self.opts)
         app = self.task.app
         if connection is not None:
-            if not hasattr(connection, "execute") or inspect.iscoroutinefunction(connection.execute):
-                raise TypeError("enqueue(connection=...) takes a psycopg.Connection; use enqueue_async for an AsyncConnection")
+            if not isinstance(connection, psycopg.Connection):
+                raise TypeError(
+                    "enqueue(connection=...) takes a psycopg.Connection; "
+                    "use enqueue_async(connection=...) for an AsyncConnection"
+                )
             ids = app.call(app.store()).enqueue_sync([run], connection)
         else:
             ids = app.call(self._insert([run]))
@@ -268,10 +278,8 @@ class RunHandle:
                 wait = 5.0 if deadline is None else min(5.0, deadline - time.monotonic())
                 if wait <= 0:
                     raise TimeoutError(f"run {self.id} is still {row[0]} after {timeout}s")
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(fut, wait)
-                except TimeoutError:
-                    pass
             finally:
                 waiters.unwatch(self.id, fut)
 

@@ -12,6 +12,7 @@ Loops, each an asyncio task on one event loop:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -139,13 +140,17 @@ class Worker:
             log.warning("second stop request: stopping now")
             self._force.set()
         else:
-            log.info("stopping: no new claims, waiting up to %ss for running tasks", self.grace_period)
+            log.info(
+                "stopping: no new claims, waiting up to %ss for running tasks", self.grace_period
+            )
             self._stopping = True
         self._wake.set()
 
     def start_in_thread(self) -> threading.Thread:
         """Start in a background thread; returns once the worker serves (or raises its error)."""
-        thread = threading.Thread(target=self._thread_main, name=f"durably-worker-{self.id[:8]}", daemon=True)
+        thread = threading.Thread(
+            target=self._thread_main, name=f"durably-worker-{self.id[:8]}", daemon=True
+        )
         thread.start()
         self._started.wait()
         if self._crash is not None:
@@ -202,7 +207,9 @@ class Worker:
             timeout: float | None = None
             if free > 0:
                 try:
-                    rows = await self._store.claim(self.id, self.queues, self.task_names, free, self.lease)
+                    rows = await self._store.claim(
+                        self.id, self.queues, self.task_names, free, self.lease
+                    )
                     timeout = await self._idle_wait(rows)
                     failures = 0
                 except _DB_ERRORS as exc:
@@ -214,10 +221,8 @@ class Worker:
                     self._start(row)
                 if rows and len(rows) == free:
                     continue  # there may be more: claim again at once
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
-            except TimeoutError:
-                pass
 
     async def _idle_wait(self, rows: list[Any]) -> float:
         if rows:
@@ -271,11 +276,18 @@ class Worker:
             return self._failure(ex, task, exc, failures, max_retries)
         except BaseException as exc:  # anything a task raises fails only its run
             if isinstance(exc, TimeoutError) and timer.expired():
-                exc = TimeoutError(f"{task.name} did not finish within its timeout of {task.timeout}s")
+                exc = TimeoutError(
+                    f"{task.name} did not finish within its timeout of {task.timeout}s"
+                )
             return self._failure(ex, task, exc, failures, max_retries)
 
     def _failure(
-        self, ex: _Execution, task: Task[Any, Any], exc: BaseException, failures: int, max_retries: int
+        self,
+        ex: _Execution,
+        task: Task[Any, Any],
+        exc: BaseException,
+        failures: int,
+        max_retries: int,
     ) -> Outcome:
         error = _error_json(exc)
         final = isinstance(exc, NonRetryableError | NotSerializable) or failures >= max_retries
@@ -314,16 +326,21 @@ class Worker:
             try:
                 written = await self._store.finish(self.id, batch)
             except _DB_ERRORS as exc:
-                # Safe to repeat: the write is fenced, so a batch that did commit writes nothing twice.
+                # Safe to repeat: the write is fenced, so a committed batch is not written twice.
                 failures += 1
                 delay = min(0.1 * 2**failures, 5.0)
-                log.warning("recording %d outcomes failed (%s); retrying in %.1fs", len(batch), exc, delay)
+                log.warning(
+                    "recording %d outcomes failed (%s); retrying in %.1fs", len(batch), exc, delay
+                )
                 await asyncio.sleep(delay)
                 continue
             del self._finished[: len(batch)]
             if len(written) < len(batch):
                 fenced = {o.run_id for o in batch} - {row[0] for row in written}
-                log.info("outcomes of runs %s not recorded: their lease was lost (fenced)", sorted(fenced))
+                log.info(
+                    "outcomes of runs %s not recorded: their lease was lost (fenced)",
+                    sorted(fenced),
+                )
             if any(o.kind == "retry" for o in batch):
                 self._wake.set()
 
@@ -379,8 +396,11 @@ class Worker:
         while self._running and not self._force.is_set() and time.monotonic() < deadline:
             waiting = [ex.task for ex in self._running.values() if ex.task is not None]
             force = asyncio.create_task(self._force.wait())
-            await asyncio.wait([*waiting, force], timeout=deadline - time.monotonic(),
-                               return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                [*waiting, force],
+                timeout=deadline - time.monotonic(),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
             force.cancel()
 
     async def _flush_or_force(self) -> None:
@@ -389,8 +409,10 @@ class Worker:
         force.cancel()
         if not self._flusher.done():
             self._flusher.cancel()
-            log.warning("stopped before %d outcomes were recorded; their runs will be recovered",
-                        len(self._finished))
+            log.warning(
+                "stopped before %d outcomes were recorded; their runs will be recovered",
+                len(self._finished),
+            )
 
 
 def _error_json(exc: BaseException) -> str:

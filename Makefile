@@ -1,0 +1,31 @@
+# Two entry points, each installing what it needs into .venv first:
+#   make demo   run the demo on an embedded PostgreSQL (or DURABLY_DATABASE_URL / DATABASE_URL)
+#   make test   run the whole test suite (against DATABASE_URL, else the embedded PostgreSQL)
+PYTHON ?= python3
+VENV ?= .venv
+BIN = $(VENV)/bin
+
+.PHONY: demo test lint bench install
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/durably demo
+
+test: install
+	$(BIN)/pytest
+
+lint: install
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy src
+
+bench: install
+	$(BIN)/python -m bench.queue
