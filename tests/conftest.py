@@ -18,6 +18,22 @@ import durably
 from durably.embedded import embedded_url
 
 
+@pytest.fixture(autouse=True)
+def _close_apps(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Close every App a test made, so idle pooled connections never pile up on the server."""
+    made: list[durably.App] = []
+    init = durably.App.__init__
+
+    def tracking_init(self: durably.App, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(durably.App, "__init__", tracking_init)
+    yield
+    for made_app in made:
+        made_app.close()
+
+
 @pytest.fixture(scope="session")
 def database_url() -> str:
     return os.environ.get("DATABASE_URL") or embedded_url()

@@ -34,9 +34,9 @@ async def _scenario(app: durably.App) -> dict[str, Any]:
             "stale_finish_new_attempt": await store.finish(
                 stale, [Outcome(run_id, reclaimed[3], "ok", result='"stale"')]
             ),
-            "stale_heartbeat": await store.heartbeat(stale, 30.0),
+            "stale_heartbeat": await store.heartbeat(stale, 30.0, [run_id]),
             "stale_release": await store.release(stale, [run_id]),
-            "fresh_heartbeat": await store.heartbeat(fresh, 30.0),
+            "fresh_heartbeat": await store.heartbeat(fresh, 30.0, [run_id]),
             "fresh_finish": await store.finish(
                 fresh, [Outcome(run_id, reclaimed[3], "ok", result='"fresh"')]
             ),

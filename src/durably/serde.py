@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -19,6 +20,7 @@ import pydantic
 
 from .errors import NotSerializable, PayloadTooLarge
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _PLAIN = {str, int, float, bool, type(None), Any, dict, list, inspect.Parameter.empty}
 
 
@@ -33,12 +35,34 @@ def _default(value: Any) -> Any:
 def dumps(value: Any) -> str:
     """Encode ``value`` as compact JSON; raises TypeError or ValueError when it is not JSON
     that Postgres can store."""
-    encoded = json.dumps(value, default=_default, allow_nan=False, separators=(",", ":"))
-    if "\\u0000" in encoded:
-        raise ValueError(
-            "a string contains a NUL character (\\x00), which Postgres jsonb cannot store"
-        )
+    encoded = json.dumps(
+        value, default=_default, allow_nan=False, ensure_ascii=False, separators=(",", ":")
+    )
+    problem = storable_problem(encoded)
+    if problem:
+        raise ValueError(problem)
     return encoded
+
+
+def storable_problem(text: str) -> str | None:
+    """Why Postgres cannot store ``text`` (as text or JSON), or None when it can."""
+    if "\x00" in text or "\\u0000" in text:
+        return "it contains a NUL character (\\x00), which Postgres cannot store"
+    if _SURROGATE.search(text):
+        return "it contains a lone surrogate (\\ud800-\\udfff), which is not valid UTF-8"
+    return None
+
+
+def check_text(text: str, what: str, max_bytes: int = 1000) -> str:
+    """Refuse names and keys that Postgres cannot store or index."""
+    problem = storable_problem(text)
+    if problem is None and len(text) * 4 > max_bytes and len(text.encode()) > max_bytes:
+        problem = f"it is {len(text.encode())} bytes long, over the limit of {max_bytes}"
+    if problem:
+        raise ValueError(
+            f"{what} is not valid: {problem}; pass plain text of at most {max_bytes} bytes"
+        )
+    return text
 
 
 def check_size(encoded: str, limit: int, what: str) -> None:

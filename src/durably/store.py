@@ -16,12 +16,14 @@ from importlib import resources
 from typing import Any
 
 import psycopg
+import psycopg.errors
 from psycopg import conninfo
 from psycopg_pool import AsyncConnectionPool
 
 from .errors import ConfigurationError, DatabaseUnavailable
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
+_PASSWORD = re.compile(r"(://[^:/@\s]*):[^@\s]*@")
 Row = tuple[Any, ...]
 
 
@@ -97,11 +99,15 @@ def describe_url(url: str) -> str:
     return f"postgresql://{user}@{host}:{info.get('port') or 5432}/{info.get('dbname') or ''}"
 
 
+def _redact(text: str) -> str:
+    return _PASSWORD.sub(r"\1:***@", text)
+
+
 def _check_url(url: str) -> None:
     try:
         conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError as exc:
-        first = str(exc).splitlines()[0]
+        first = _redact(str(exc).splitlines()[0])
         raise ConfigurationError(
             f"the database URL is malformed ({first}): expected postgresql://user@host:port/dbname"
         ) from None
@@ -115,7 +121,7 @@ async def connect(url: str, **kwargs: Any) -> psycopg.AsyncConnection[Any]:
             url, autocommit=True, connect_timeout=10, **kwargs
         )
     except psycopg.OperationalError as exc:
-        reason = " ".join(str(exc).split("\n")[0].split())
+        reason = _redact(" ".join(str(exc).split("\n")[0].split()))
         raise DatabaseUnavailable(
             f"cannot connect to {describe_url(url)}: {reason}; check the URL "
             "(DURABLY_DATABASE_URL or DATABASE_URL) and that the server is running"
@@ -161,8 +167,23 @@ class Store:
     async def fetch(self, name: str, params: dict[str, Any] | None = None) -> list[Row]:
         """Run one named statement on a pooled connection and return its rows."""
         async with self.pool.connection() as conn:
-            cur = await conn.execute(self._sql[name], params)
+            cur = await self.execute(conn, name, params)
             return await cur.fetchall() if cur.description else []
+
+    async def execute(
+        self, conn: psycopg.AsyncConnection[Any], name: str, params: dict[str, Any] | None = None
+    ) -> psycopg.AsyncCursor[Any]:
+        """Run one named statement on ``conn``; a missing table means an unmigrated schema."""
+        try:
+            return await conn.execute(self._sql[name], params)
+        except psycopg.errors.UndefinedTable:
+            raise self._not_migrated() from None
+
+    def _not_migrated(self) -> ConfigurationError:
+        return ConfigurationError(
+            f"schema {self.schema!r} has no durably tables: run `durably db migrate` "
+            "(or use App(migrate=True), the default)"
+        )
 
     # -- migrations --------------------------------------------------------------------------
 
@@ -240,7 +261,7 @@ class Store:
         if conn is None:
             async with self.pool.connection() as own:
                 return await self.enqueue(runs, own)
-        cur = await conn.execute(self._sql["enqueue"], self._enqueue_params(runs))
+        cur = await self.execute(conn, "enqueue", self._enqueue_params(runs))
         inserted = await cur.fetchall()
         existing: dict[tuple[str, str], int] = {}
         for task, keys in _missing_keys(runs, inserted).items():
@@ -250,7 +271,10 @@ class Store:
 
     def enqueue_sync(self, runs: Sequence[NewRun], conn: psycopg.Connection[Any]) -> list[int]:
         """:meth:`enqueue` on the caller's own (sync) connection, inside its transaction."""
-        cur = conn.execute(self._sql["enqueue"], self._enqueue_params(runs))
+        try:
+            cur = conn.execute(self._sql["enqueue"], self._enqueue_params(runs))
+        except psycopg.errors.UndefinedTable:
+            raise self._not_migrated() from None
         inserted = cur.fetchall()
         existing: dict[tuple[str, str], int] = {}
         for task, keys in _missing_keys(runs, inserted).items():
@@ -324,9 +348,12 @@ class Store:
         }
         return await self.fetch("finish", params)
 
-    async def heartbeat(self, worker_id: str, lease: float) -> set[tuple[int, int]]:
-        """Extend this worker's leases; returns the (run id, attempt) pairs it still holds."""
-        rows = await self.fetch("heartbeat", {"worker_id": worker_id, "lease": lease})
+    async def heartbeat(
+        self, worker_id: str, lease: float, run_ids: list[int]
+    ) -> set[tuple[int, int]]:
+        """Extend the leases of ``run_ids``; returns the (run id, attempt) pairs still held."""
+        params = {"worker_id": worker_id, "lease": lease, "ids": run_ids}
+        rows = await self.fetch("heartbeat", params)
         return {(r[0], r[1]) for r in rows}
 
     async def release(self, worker_id: str, run_ids: list[int]) -> int:

@@ -15,7 +15,7 @@ import psycopg
 
 from .errors import RunCancelled, RunFailed
 from .retry import Backoff
-from .serde import Signature, encode_args
+from .serde import Signature, check_text, encode_args
 from .store import NewRun
 
 if TYPE_CHECKING:
@@ -61,8 +61,8 @@ class Task(Generic[P, R]):
             raise ValueError(f"timeout={timeout} is not valid: pass seconds > 0, or None")
         self.app = app
         self.fn = fn
-        self.name = name or f"{fn.__module__}.{fn.__qualname__}"
-        self.queue = queue
+        self.name = check_text(name or f"{fn.__module__}.{fn.__qualname__}", "task name")
+        self.queue = check_text(queue, f"queue of task {self.name!r}")
         self.retries = retries
         self.backoff = Backoff.coerce(backoff)
         self.timeout = timeout
@@ -122,6 +122,10 @@ class Task(Generic[P, R]):
             raise TypeError(f"{self.name}: {exc}") from None
         if opts.delay < 0:
             raise ValueError(f"delay={opts.delay} is not valid: pass seconds >= 0")
+        if opts.idempotency_key is not None:
+            check_text(opts.idempotency_key, f"{self.name}: the idempotency key")
+        if opts.queue is not None:
+            check_text(opts.queue, f"{self.name}: the queue name")
         return NewRun(
             task=self.name,
             queue=opts.queue or self.queue,

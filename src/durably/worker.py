@@ -30,7 +30,13 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from .errors import ConfigurationError, DurablyError, NonRetryableError, NotSerializable
+from .errors import (
+    ConfigurationError,
+    DatabaseUnavailable,
+    DurablyError,
+    NonRetryableError,
+    NotSerializable,
+)
 from .notify import Listener
 from .serde import dumps, encode_result
 from .store import LATEST_VERSION, Outcome, Store
@@ -43,6 +49,8 @@ log = logging.getLogger("durably.worker")
 
 _FLUSH_BATCH = 500  # keeps the 'done:' notification payload under Postgres's 8000-byte limit
 _DB_ERRORS = (psycopg.Error, DurablyError, OSError)
+# Errors of the connection rather than of the statement: the same write may succeed later.
+_TRANSIENT = (psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailable, OSError)
 
 
 @dataclass
@@ -247,6 +255,9 @@ class Worker:
         outcome: Outcome | None = None
         try:
             outcome = await self._attempt(ex, task, args, failures, max_retries)
+        except Exception as exc:  # a fault of the worker itself must still end the attempt
+            log.exception("run %s: recording the attempt failed", ex.run_id)
+            outcome = Outcome(ex.run_id, ex.attempt, "fail", error=_error_json(exc))
         finally:
             if self._running.get(ex.run_id) is ex:
                 del self._running[ex.run_id]
@@ -324,8 +335,8 @@ class Worker:
         while self._finished:
             batch = self._finished[:_FLUSH_BATCH]
             try:
-                written = await self._store.finish(self.id, batch)
-            except _DB_ERRORS as exc:
+                written = await self._write(batch)
+            except _TRANSIENT as exc:
                 # Safe to repeat: the write is fenced, so a committed batch is not written twice.
                 failures += 1
                 delay = min(0.1 * 2**failures, 5.0)
@@ -344,6 +355,29 @@ class Worker:
             if any(o.kind == "retry" for o in batch):
                 self._wake.set()
 
+    async def _write(self, batch: list[Outcome]) -> list[Any]:
+        try:
+            return await self._store.finish(self.id, batch)
+        except _TRANSIENT:
+            raise
+        except psycopg.Error:
+            # One outcome the database refuses must not hold back the others: write them one by
+            # one, and record a failure in place of any that cannot be stored.
+            written: list[Any] = []
+            for outcome in batch:
+                try:
+                    written += await self._store.finish(self.id, [outcome])
+                except _TRANSIENT:
+                    raise
+                except psycopg.Error as exc:
+                    log.error("run %s: its outcome cannot be stored (%s)", outcome.run_id, exc)
+                    problem = NotSerializable(f"the outcome could not be stored: {exc}")
+                    fallback = Outcome(
+                        outcome.run_id, outcome.attempt, "fail", error=_error_json(problem)
+                    )
+                    written += await self._store.finish(self.id, [fallback])
+            return written
+
     # -- heartbeats and recovery -----------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
@@ -351,7 +385,8 @@ class Worker:
             await asyncio.sleep(self.heartbeat_interval)
             sent = time.monotonic()
             try:
-                held = await self._store.heartbeat(self.id, self.lease)
+                mine = [*self._running, *(o.run_id for o in self._finished)]
+                held = await self._store.heartbeat(self.id, self.lease, mine)
             except _DB_ERRORS as exc:
                 log.warning("heartbeat failed: %s", exc)
                 continue
@@ -416,13 +451,26 @@ class Worker:
 
 
 def _error_json(exc: BaseException) -> str:
-    tb = "".join(traceback.format_exception(exc))
+    """The stored form of an error; never raises, whatever the exception holds."""
+    try:
+        message = str(exc)
+    except Exception:
+        message = f"<unprintable {type(exc).__name__}>"
+    try:
+        tb: str | None = "".join(traceback.format_exception(exc))
+    except Exception:
+        tb = None
     error = {
         "type": f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins."),
-        "message": str(exc).replace("\x00", "\\x00"),
-        "traceback": tb.replace("\x00", "\\x00"),
+        "message": _storable(message),
+        "traceback": None if tb is None else _storable(tb),
     }
     return dumps(error)
+
+
+def _storable(text: str) -> str:
+    # Postgres text cannot hold NUL, and UTF-8 cannot hold lone surrogates: escape both.
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class _DaemonThreads(Executor):

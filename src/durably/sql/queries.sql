@@ -119,13 +119,14 @@ SELECT pg_advisory_lock(%(namespace)s, %(lock_id)s);
 UPDATE {schema}.workers SET stopped_at = now() WHERE id = %(worker_id)s;
 
 -- name: heartbeat
--- Extends the leases this worker still holds and returns them; a run missing from the answer
--- was taken away (recovered, cancelled) and its execution must be abandoned.
+-- Extends the leases of the runs this worker is executing (or has yet to record) and returns
+-- those it still holds; a run missing from the answer was taken away (recovered, cancelled) and
+-- its execution must be abandoned. Runs it no longer works on are left to expire.
 WITH beat AS (
     UPDATE {schema}.workers SET heartbeat_at = now(), stopped_at = NULL WHERE id = %(worker_id)s
 )
 UPDATE {schema}.runs SET lease_expires_at = now() + make_interval(secs => %(lease)s)
-WHERE worker_id = %(worker_id)s AND status = 'RUNNING'
+WHERE worker_id = %(worker_id)s AND status = 'RUNNING' AND id = ANY(%(ids)s::bigint[])
 RETURNING id, attempt;
 
 -- name: release
