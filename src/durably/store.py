@@ -205,24 +205,20 @@ class Store:
     async def pending_sql(self) -> str:
         """The SQL that ``migrate`` would run now, for a DBA to read or run by hand."""
         applied = set(await self.applied_versions())
-        parts = [
-            f'CREATE SCHEMA IF NOT EXISTS "{self.schema}";',
-            self._sql["migrations_bootstrap"] + ";",
-        ]
+        parts = [self._sql["create_schema"] + ";", self._sql["migrations_bootstrap"] + ";"]
+        record = self._sql["migrations_record_literal"]
         for m in MIGRATIONS:
             if m.version not in applied:
                 parts.append(f"-- {m.version:04d}_{m.name}\n{self._migration_sql(m).strip()}")
-                parts.append(
-                    f'INSERT INTO "{self.schema}".migrations (version, name) '
-                    f"VALUES ({m.version}, '{m.name}');"
-                )
+                literal = record.replace("{version}", str(m.version)).replace("{name}", m.name)
+                parts.append(literal + ";")
         return "\n\n".join(parts) + "\n"
 
     async def migrate(self) -> list[int]:
         """Apply pending migrations in one transaction under an advisory lock; returns them."""
         async with self.pool.connection() as conn, conn.transaction():
             await conn.execute(self._sql["migrations_lock"], {"namespace": self.namespace})
-            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            await conn.execute(self._sql["create_schema"])
             await conn.execute(self._sql["migrations_bootstrap"])
             cur = await conn.execute(self._sql["migrations_applied"])
             applied = {r[0] for r in await cur.fetchall()}

@@ -2,6 +2,13 @@
 -- values are always bound parameters. Notifications carry identifiers only: 'q:<queue>' when
 -- runs became claimable, 'done:<id>,<id>' when runs ended, 'cancel:<id>' when a run was cancelled.
 
+-- name: create_schema
+CREATE SCHEMA IF NOT EXISTS {schema};
+
+-- name: migrations_record_literal
+-- The same record with literal values, for `durably db sql` to print.
+INSERT INTO {schema}.migrations (version, name) VALUES ({version}, '{name}');
+
 -- name: migrations_bootstrap
 CREATE TABLE IF NOT EXISTS {schema}.migrations (
     version    integer     PRIMARY KEY,
