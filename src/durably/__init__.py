@@ -1,6 +1,7 @@
 """durably: durable execution for Python, built entirely on PostgreSQL."""
 
 from .app import App
+from .context import Child, DurableContext, SyncDurableContext
 from .errors import (
     ChildFailed,
     ConfigurationError,
@@ -13,6 +14,7 @@ from .errors import (
     PayloadTooLarge,
     RunCancelled,
     RunFailed,
+    StepFailed,
     UnknownTask,
 )
 from .retry import Backoff
@@ -23,9 +25,11 @@ __all__ = [
     "App",
     "Backoff",
     "BoundTask",
+    "Child",
     "ChildFailed",
     "ConfigurationError",
     "DatabaseUnavailable",
+    "DurableContext",
     "DurablyError",
     "LeaseLost",
     "NonDeterminismError",
@@ -36,6 +40,8 @@ __all__ = [
     "RunCancelled",
     "RunFailed",
     "RunHandle",
+    "StepFailed",
+    "SyncDurableContext",
     "Task",
     "UnknownTask",
     "Worker",

@@ -96,6 +96,7 @@ class App:
         schedule_timeout: float | None = None,
         priority: int = 0,
         max_recoveries: int = 20,
+        durable: bool = False,
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
@@ -116,6 +117,15 @@ class App:
             self.registry[task.name] = task
             return task
 
+        return register if fn is None else register(fn)
+
+    def durable_task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+        """Register a durable task: ``async def f(ctx: DurableContext, ...)`` or
+        ``def f(ctx: SyncDurableContext, ...)``. Same options as :meth:`task`. Its progress is
+        checkpointed in its event log, and it runs in the workers' durable slot pool."""
+        register: Callable[[Callable[..., Any]], Task[Any, Any]] = self.task(
+            durable=True, **options
+        )
         return register if fn is None else register(fn)
 
     def get_task(self, name: str) -> Task[Any, Any]:

@@ -62,4 +62,14 @@ class RunCancelled(RunFailed):
 
 
 class ChildFailed(DurablyError):
-    """A child run of a durable run failed."""
+    """A child run of a durable run failed (or was cancelled); carries the child's error."""
+
+    def __init__(self, message: str, child_id: int, error: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.child_id = child_id
+        self.error = error
+
+
+class StepFailed(DurablyError):
+    """A step of a durable run failed after its retries; recorded, so re-execution raises it
+    again at the same place."""

@@ -70,10 +70,11 @@ class Listener:
 
 
 class Waiters:
-    """Futures of client code waiting for runs to end, woken by 'done:' notifications."""
+    """Futures waiting for notifications, by token: ``done:<run id>`` (a run ended) or
+    ``ev:<key>`` (an event was pushed)."""
 
     def __init__(self) -> None:
-        self._waiting: dict[int, set[asyncio.Future[None]]] = {}
+        self._waiting: dict[str, set[asyncio.Future[None]]] = {}
         self._listener: Listener | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -90,29 +91,35 @@ class Waiters:
         if self._listener is not None:
             await self._listener.close()
 
-    def watch(self, run_id: int) -> asyncio.Future[None]:
-        """A future resolved when a notification says ``run_id`` ended."""
+    def watch(self, token: str) -> asyncio.Future[None]:
+        """A future resolved when a notification matches ``token``."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(run_id, set()).add(fut)
+        self._waiting.setdefault(token, set()).add(fut)
         return fut
 
-    def unwatch(self, run_id: int, fut: asyncio.Future[None]) -> None:
+    def unwatch(self, token: str, fut: asyncio.Future[None]) -> None:
         """Forget a future (after it fired or its wait timed out)."""
-        futs = self._waiting.get(run_id)
+        futs = self._waiting.get(token)
         if futs is not None:
             futs.discard(fut)
             if not futs:
-                del self._waiting[run_id]
+                del self._waiting[token]
 
     def on_message(self, payload: str) -> None:
-        """Resolve the futures of every run named in a 'done:' or 'cancel:' payload."""
-        kind, _, ids = payload.partition(":")
-        if kind != "done" or not self._waiting:
+        """Resolve the futures a payload names: each run of 'done:<id>,<id>', or 'ev:<key>'."""
+        if not self._waiting:
             return
-        for text in ids.split(","):
-            for fut in self._waiting.get(int(text), ()):
-                if not fut.done():
-                    fut.set_result(None)
+        kind, _, rest = payload.partition(":")
+        if kind == "done":
+            for run_id in rest.split(","):
+                self._resolve(f"done:{run_id}")
+        elif kind == "ev":
+            self._resolve(payload)
+
+    def _resolve(self, token: str) -> None:
+        for fut in self._waiting.get(token, ()):
+            if not fut.done():
+                fut.set_result(None)
 
     def wake_all(self) -> None:
         """After a reconnect: let every waiter re-check the database."""

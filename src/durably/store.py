@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -20,6 +20,7 @@ import psycopg.errors
 from psycopg import conninfo
 from psycopg_pool import AsyncConnectionPool
 
+from .context import Entry
 from .errors import ConfigurationError, DatabaseUnavailable
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
@@ -77,6 +78,7 @@ class NewRun:
     delay: float
     schedule_timeout: float | None
     idempotency_key: str | None
+    durable: bool = False
 
 
 def check_schema_name(schema: str) -> str:
@@ -246,6 +248,7 @@ class Store:
             "delay": [r.delay for r in runs],
             "schedule_timeout": [r.schedule_timeout for r in runs],
             "idempotency_key": [r.idempotency_key for r in runs],
+            "durable": [r.durable for r in runs],
             "channel": self.channel,
         }
 
@@ -280,7 +283,8 @@ class Store:
 
     async def cancel(self, run_id: int) -> bool:
         """Cancel a run that has not ended; False when it had already ended (or is unknown)."""
-        return bool(await self.fetch("cancel", {"id": run_id, "channel": self.channel}))
+        rows = await self.fetch("cancel", {"id": run_id, "channel": self.channel})
+        return any(row[0] == run_id for row in rows)
 
     async def get_run(self, run_id: int) -> Row | None:
         """The full row of one run."""
@@ -422,6 +426,98 @@ class Store:
     async def worker_stopped(self, worker_id: str) -> None:
         """Mark a worker as stopped."""
         await self.fetch("worker_stopped", {"worker_id": worker_id})
+
+    # -- durable runs --------------------------------------------------------------------------
+
+    async def load_log(self, run_id: int) -> list[Entry]:
+        """The whole event log of a run, in one query."""
+        rows = await self.fetch("log_load", {"run_id": run_id})
+        return [Entry(*row) for row in rows]
+
+    async def log_append(self, params: dict[str, Any]) -> Row | None:
+        """Append one entry, fenced; None when the attempt is no longer held."""
+        rows = await self.fetch("log_append", params)
+        return rows[0] if rows else None
+
+    async def log_complete(self, params: dict[str, Any]) -> bool:
+        """Mark a pending entry done, fenced; False when the attempt is no longer held."""
+        return bool(await self.fetch("log_complete", params))
+
+    async def log_spawn(self, params: dict[str, Any]) -> int | None:
+        """Create a child run and its entry, fenced; the child's id, or None."""
+        rows = await self.fetch("log_spawn", {**params, "channel": self.channel})
+        return int(rows[0][0]) if rows else None
+
+    async def take_event(self, params: dict[str, Any]) -> Row | None:
+        """Take the next matching event for a waiting entry, fenced: (event id, payload)."""
+        rows = await self.fetch("log_take_event", params)
+        return rows[0] if rows else None
+
+    async def children_status(self, ids: list[int]) -> dict[int, tuple[str, Any, Any]]:
+        """(status, result, error) of each child run."""
+        rows = await self.fetch("children_status", {"ids": ids})
+        return {r[0]: (r[1], r[2], r[3]) for r in rows}
+
+    async def suspend(self, params: dict[str, Any]) -> str | None:
+        """Mark a run WAITING (or QUEUED when what it waits for already happened), fenced."""
+        rows = await self.fetch("suspend", params)
+        return str(rows[0][0]) if rows else None
+
+    async def in_transaction(
+        self,
+        params: dict[str, Any],
+        fn: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        encode: Callable[[Any], str],
+    ) -> tuple[bool, Any]:
+        """``await fn(conn, *args)`` and record its result in one transaction (fenced)."""
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = await self.execute(conn, "log_hold", params)
+            if await cur.fetchone() is None:
+                return False, None
+            value = await fn(conn, *args)
+            await self.execute(conn, "log_append", {**params, "result": encode(value)})
+            return True, value
+
+    def in_transaction_sync(
+        self,
+        params: dict[str, Any],
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        encode: Callable[[Any], str],
+    ) -> tuple[bool, Any]:
+        """:meth:`in_transaction` for a sync ``fn``, on a sync connection of its own."""
+        with psycopg.connect(self.url, autocommit=True) as conn, conn.transaction():
+            if conn.execute(self._sql["log_hold"], params).fetchone() is None:
+                return False, None
+            value = fn(conn, *args)
+            conn.execute(self._sql["log_append"], {**params, "result": encode(value)})
+            return True, value
+
+    async def push_event(self, key: str, payload: str) -> int:
+        """Store an event and wake the runs waiting for its key; returns the event id."""
+        rows = await self.fetch(
+            "push_event", {"key": key, "payload": payload, "channel": self.channel}
+        )
+        return int(rows[0][0])
+
+    async def retry(self, run_id: int) -> bool:
+        """A failed or cancelled run back to the queue, its log kept."""
+        return bool(await self.fetch("retry", {"id": run_id, "channel": self.channel}))
+
+    async def replay(self, run_id: int) -> bool:
+        """Archive a finished run's log and queue it to run from scratch."""
+        return bool(await self.fetch("replay", {"id": run_id, "channel": self.channel}))
+
+    async def fork(self, run_id: int, at_event: int) -> int | None:
+        """A new run whose log starts with the first ``at_event`` entries of ``run_id``."""
+        params = {"id": run_id, "at_event": at_event, "channel": self.channel}
+        rows = await self.fetch("fork", params)
+        return int(rows[0][0]) if rows else None
+
+    async def log_list(self, run_id: int) -> list[Row]:
+        """A run's event log for display."""
+        return await self.fetch("log_list", {"run_id": run_id})
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ class Task(Generic[P, R]):
         schedule_timeout: float | None = None,
         priority: int = 0,
         max_recoveries: int = 20,
+        durable: bool = False,
     ) -> None:
         if retries < 0:
             raise ValueError(f"retries={retries} is not valid: pass 0 or more")
@@ -70,7 +71,8 @@ class Task(Generic[P, R]):
         self.priority = priority
         self.max_recoveries = max_recoveries
         self.is_async = inspect.iscoroutinefunction(fn)
-        self.signature = Signature(fn)
+        self.durable = durable
+        self.signature = Signature(fn, skip_first=durable)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -78,7 +80,8 @@ class Task(Generic[P, R]):
         return f"<durably task {self.name!r}>"
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Call the function in this process, bypassing the queue."""
+        """Call the function in this process, bypassing the queue (and, for a durable task,
+        the event log: pass a context yourself)."""
         return self.fn(*args, **kwargs)
 
     def options(
@@ -117,7 +120,8 @@ class Task(Generic[P, R]):
     def new_run(self, args: tuple[Any, ...], kwargs: dict[str, Any], opts: CallOptions) -> NewRun:
         """Check and encode one call into a row to insert."""
         try:
-            self.signature.signature.bind(*args, **kwargs)
+            # A durable task's first parameter is its context, given by the worker.
+            self.signature.signature.bind(*((None,) if self.durable else ()), *args, **kwargs)
         except TypeError as exc:
             raise TypeError(f"{self.name}: {exc}") from None
         if opts.delay < 0:
@@ -136,6 +140,7 @@ class Task(Generic[P, R]):
             delay=opts.delay,
             schedule_timeout=self.schedule_timeout,
             idempotency_key=opts.idempotency_key,
+            durable=self.durable,
         )
 
 
@@ -271,8 +276,9 @@ class RunHandle:
         store = await self.app.store()
         waiters = await self.app.waiters()
         deadline = None if timeout is None else time.monotonic() + timeout
+        token = f"done:{self.id}"
         while True:
-            fut = waiters.watch(self.id)
+            fut = waiters.watch(token)
             try:
                 row = await store.run_status(self.id)
                 if row is None:
@@ -285,7 +291,7 @@ class RunHandle:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(fut, wait)
             finally:
-                waiters.unwatch(self.id, fut)
+                waiters.unwatch(token, fut)
 
     def _outcome(self, row: tuple[Any, ...]) -> Any:
         status, result, error, task_name = row

@@ -30,14 +30,18 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
+from .context import Suspend
+from .durable import DurableRun
 from .errors import (
     ConfigurationError,
     DatabaseUnavailable,
     DurablyError,
+    LeaseLost,
+    NonDeterminismError,
     NonRetryableError,
     NotSerializable,
 )
-from .notify import Listener
+from .notify import Listener, Waiters
 from .serde import dumps, encode_result
 from .store import LATEST_VERSION, Outcome, Store
 
@@ -55,9 +59,16 @@ _TRANSIENT = (psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavaila
 
 @dataclass
 class _Execution:
+    """One claimed attempt, from claim to recorded outcome."""
+
     run_id: int
     attempt: int
-    task: asyncio.Task[None] | None = None
+    task: Task[Any, Any]
+    args: Any
+    failures: int
+    max_retries: int
+    has_log: bool
+    future: asyncio.Task[None] | None = None
     claimed_at: float = field(default_factory=time.monotonic)
     abandoned: bool = False
 
@@ -65,7 +76,10 @@ class _Execution:
 class Worker:
     """Runs an App's tasks. Options:
 
-    - ``slots``: how many runs execute at once in this process (default 10);
+    - ``slots``: how many task runs execute at once in this process (default 10);
+    - ``durable_slots``: how many durable runs execute at once, a separate pool so that parents
+      waiting for children never starve the children (default 100);
+    - ``evict_after``: seconds a durable run may wait in memory before it is suspended (default 5);
     - ``queues``: queues to serve (default: every queue the App's tasks name);
     - ``poll_interval``: seconds between polls when no notification arrives (default 1);
     - ``lease``: seconds a claim stays valid without a heartbeat (default 30);
@@ -80,6 +94,8 @@ class Worker:
         app: App,
         *,
         slots: int = 10,
+        durable_slots: int = 100,
+        evict_after: float = 5.0,
         queues: list[str] | None = None,
         poll_interval: float = 1.0,
         lease: float = 30.0,
@@ -88,15 +104,26 @@ class Worker:
         sweep_interval: float = 1.0,
         grace_period: float = 30.0,
     ) -> None:
-        if slots < 1:
-            raise ConfigurationError(f"slots={slots} is not valid: a worker needs at least 1 slot")
+        if slots < 1 or durable_slots < 1:
+            raise ConfigurationError(
+                f"slots={slots}, durable_slots={durable_slots} are not valid: use at least 1 each"
+            )
         if not app.registry:
             raise ConfigurationError("the App has no tasks: register some with @app.task first")
         self.app = app
         self.id = str(uuid.uuid4())
         self.slots = slots
+        self.durable_slots = durable_slots
+        self.evict_after = evict_after
         self.queues = sorted(queues or {t.queue for t in app.registry.values()})
         self.task_names = sorted(app.registry)
+        # One slot pool per kind: {durable?: (task names, capacity)}.
+        self.pools = {
+            kind: ([n for n, t in sorted(app.registry.items()) if t.durable == kind], cap)
+            for kind, cap in ((False, slots), (True, durable_slots))
+        }
+        self.busy = {False: 0, True: 0}
+        self.waiters = Waiters()
         self.poll_interval = poll_interval
         self.lease = lease
         self.heartbeat_interval = heartbeat_interval
@@ -107,7 +134,7 @@ class Worker:
         self._finished: list[Outcome] = []
         self._stopping = False
         self._closing = False
-        self._threads = _DaemonThreads()
+        self.threads = _DaemonThreads()
         self._started = threading.Event()
         self._crash: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -120,10 +147,10 @@ class Worker:
         self._wake = asyncio.Event()
         self._flush_needed = asyncio.Event()
         self._force = asyncio.Event()
-        self._store = await Store.open(self.app.url, self.app.schema, max_size=4)
+        self.store = await Store.open(self.app.url, self.app.schema, max_size=4)
         try:
             await self._check_schema()
-            self._listener = Listener(self._connect_listener, self._on_message, self._wake.set)
+            self._listener = Listener(self._connect_listener, self._on_message, self._on_reconnect)
             await self._listener.start()
             if handle_signals:
                 for sig in (signal.SIGTERM, signal.SIGINT):
@@ -140,7 +167,7 @@ class Worker:
         finally:
             if hasattr(self, "_listener"):
                 await self._listener.close()
-            await self._store.close()
+            await self.store.close()
 
     def stop(self) -> None:
         """Stop claiming and shut down gracefully; called a second time, stop at once."""
@@ -186,8 +213,8 @@ class Worker:
 
     async def _check_schema(self) -> None:
         if self.app.auto_migrate:
-            await self._store.migrate()
-        applied = await self._store.applied_versions()
+            await self.store.migrate()
+        applied = await self.store.applied_versions()
         version = max(applied) if applied else 0
         if version < LATEST_VERSION:
             raise ConfigurationError(
@@ -201,7 +228,7 @@ class Worker:
             )
 
     async def _connect_listener(self) -> psycopg.AsyncConnection[Any]:
-        return await self._store.register_worker(
+        return await self.store.register_worker(
             self.id, self.queues, self.task_names, self.slots, socket.gethostname(), os.getpid()
         )
 
@@ -211,109 +238,123 @@ class Worker:
         failures = 0
         while not self._stopping:
             self._wake.clear()
-            free = self.slots - len(self._running)
             timeout: float | None = None
-            if free > 0:
-                try:
-                    rows = await self._store.claim(
-                        self.id, self.queues, self.task_names, free, self.lease
-                    )
-                    timeout = await self._idle_wait(rows)
-                    failures = 0
-                except _DB_ERRORS as exc:
-                    failures += 1
-                    timeout = min(0.1 * 2**failures, 5.0)
-                    log.warning("claim failed (%s); retrying in %.1fs", exc, timeout)
-                    rows = []
-                for row in rows:
-                    self._start(row)
-                if rows and len(rows) == free:
-                    continue  # there may be more: claim again at once
+            try:
+                again, idle = await self._claim_pools()
+                failures = 0
+                if again:
+                    continue  # a pool filled up or timers woke runs: there may be more
+                if idle:
+                    timeout = await self._idle_wait()
+            except _DB_ERRORS as exc:
+                failures += 1
+                timeout = min(0.1 * 2**failures, 5.0)
+                log.warning("claim failed (%s); retrying in %.1fs", exc, timeout)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
-    async def _idle_wait(self, rows: list[Any]) -> float:
-        if rows:
-            return self.poll_interval
-        due = await self._store.next_due(self.queues, self.task_names)
+    async def _claim_pools(self) -> tuple[bool, bool]:
+        """Claim into every pool with free slots; returns (claim again now, nothing was due)."""
+        again, idle = False, True
+        for durable, (names, capacity) in self.pools.items():
+            free = capacity - self.busy[durable]
+            if not names or free <= 0:
+                idle = False if names else idle
+                continue
+            rows = await self.store.claim(self.id, self.queues, names, free, self.lease)
+            claimed = [row for row in rows if row[1] is not None]
+            for row in claimed:
+                self._start(row)
+            again = again or len(claimed) == free or len(claimed) < len(rows)
+            idle = idle and not claimed
+        return again, idle
+
+    async def _idle_wait(self) -> float:
+        due = await self.store.next_due(self.queues, self.task_names)
         return min(self.poll_interval, due) if due is not None and due > 0 else self.poll_interval
 
     def _start(self, row: tuple[Any, ...]) -> None:
-        run_id, task_name, args, attempt, failures, max_retries = row
-        execution = _Execution(run_id, attempt)
-        self._running[run_id] = execution
+        run_id, task_name, args, attempt, failures, max_retries, has_log = row
         task = self.app.registry[task_name]
-        execution.task = asyncio.create_task(
-            self._execute(execution, task, args, failures, max_retries)
-        )
+        ex = _Execution(run_id, attempt, task, args, failures, max_retries, bool(has_log))
+        self._running[run_id] = ex
+        self.busy[task.durable] += 1
+        ex.future = asyncio.create_task(self._execute(ex))
 
     # -- executing -------------------------------------------------------------------------
 
-    async def _execute(
-        self, ex: _Execution, task: Task[Any, Any], args: Any, failures: int, max_retries: int
-    ) -> None:
+    async def _execute(self, ex: _Execution) -> None:
         outcome: Outcome | None = None
         try:
-            outcome = await self._attempt(ex, task, args, failures, max_retries)
+            outcome = await self._attempt(ex)
         except Exception as exc:  # a fault of the worker itself must still end the attempt
             log.exception("run %s: recording the attempt failed", ex.run_id)
             outcome = Outcome(ex.run_id, ex.attempt, "fail", error=_error_json(exc))
         finally:
             if self._running.get(ex.run_id) is ex:
                 del self._running[ex.run_id]
+            self.busy[ex.task.durable] -= 1
             self._wake.set()
             if outcome is not None and not ex.abandoned:
                 self._finished.append(outcome)
                 self._flush_needed.set()
 
-    async def _attempt(
-        self, ex: _Execution, task: Task[Any, Any], args: Any, failures: int, max_retries: int
-    ) -> Outcome:
+    async def _attempt(self, ex: _Execution) -> Outcome | None:
+        """Execute one attempt; its outcome, or None when there is nothing to record."""
+        task = ex.task
         timer = asyncio.timeout(task.timeout)
+        durable = DurableRun(self, ex) if task.durable else None
         try:
-            call_args, call_kwargs = task.signature.decode_args(args)
+            call_args, call_kwargs = task.signature.decode_args(ex.args)
             async with timer:
-                if task.is_async:
+                if durable is not None:
+                    value = await durable.call(call_args, call_kwargs, ex.has_log)
+                elif task.is_async:
                     value = await task.fn(*call_args, **call_kwargs)
                 else:
                     call = functools.partial(task.fn, *call_args, **call_kwargs)
-                    value = await asyncio.get_running_loop().run_in_executor(self._threads, call)
+                    value = await asyncio.get_running_loop().run_in_executor(self.threads, call)
             result = encode_result(task.name, value, self.app.max_payload)
             return Outcome(ex.run_id, ex.attempt, "ok", result=result)
+        except Suspend as suspend:
+            assert durable is not None
+            await durable.suspend(suspend)
+            return None
+        except LeaseLost as exc:
+            log.info("run %s: %s", ex.run_id, exc)
+            return None
         except asyncio.CancelledError as exc:
             current = asyncio.current_task()
             if ex.abandoned or (current is not None and current.cancelling()):
                 raise  # taken away from us (lease lost, cancelled, shutdown): write nothing
-            return self._failure(ex, task, exc, failures, max_retries)
+            return self._failure(ex, exc)
         except BaseException as exc:  # anything a task raises fails only its run
             if isinstance(exc, TimeoutError) and timer.expired():
                 exc = TimeoutError(
                     f"{task.name} did not finish within its timeout of {task.timeout}s"
                 )
-            return self._failure(ex, task, exc, failures, max_retries)
+            if durable is not None and durable.lost:
+                return None
+            return self._failure(ex, exc)
 
-    def _failure(
-        self,
-        ex: _Execution,
-        task: Task[Any, Any],
-        exc: BaseException,
-        failures: int,
-        max_retries: int,
-    ) -> Outcome:
+    def _failure(self, ex: _Execution, exc: BaseException) -> Outcome:
         error = _error_json(exc)
-        final = isinstance(exc, NonRetryableError | NotSerializable) or failures >= max_retries
-        log.info("run %s (%s) attempt %s failed: %s", ex.run_id, task.name, ex.attempt, exc)
+        final = (
+            isinstance(exc, NonRetryableError | NotSerializable | NonDeterminismError)
+            or ex.failures >= ex.max_retries
+        )
+        log.info("run %s (%s) attempt %s failed: %s", ex.run_id, ex.task.name, ex.attempt, exc)
         if final:
             return Outcome(ex.run_id, ex.attempt, "fail", error=error)
-        delay = task.backoff.delay(failures + 1)
+        delay = ex.task.backoff.delay(ex.failures + 1)
         return Outcome(ex.run_id, ex.attempt, "retry", error=error, delay=delay)
 
     def _abandon(self, run_id: int, why: str) -> None:
         ex = self._running.get(run_id)
-        if ex is not None and not ex.abandoned and ex.task is not None:
+        if ex is not None and not ex.abandoned and ex.future is not None:
             log.info("abandoning run %s: %s", run_id, why)
             ex.abandoned = True
-            ex.task.cancel()
+            ex.future.cancel()
 
     def _on_message(self, payload: str) -> None:
         kind, _, rest = payload.partition(":")
@@ -321,6 +362,12 @@ class Worker:
             self._wake.set()
         elif kind == "cancel":
             self._abandon(int(rest), "cancelled")
+        else:
+            self.waiters.on_message(payload)
+
+    def _on_reconnect(self) -> None:
+        self._wake.set()
+        self.waiters.wake_all()
 
     # -- recording outcomes ----------------------------------------------------------------
 
@@ -357,7 +404,7 @@ class Worker:
 
     async def _write(self, batch: list[Outcome]) -> list[Any]:
         try:
-            return await self._store.finish(self.id, batch)
+            return await self.store.finish(self.id, batch)
         except _TRANSIENT:
             raise
         except psycopg.Error:
@@ -366,7 +413,7 @@ class Worker:
             written: list[Any] = []
             for outcome in batch:
                 try:
-                    written += await self._store.finish(self.id, [outcome])
+                    written += await self.store.finish(self.id, [outcome])
                 except _TRANSIENT:
                     raise
                 except psycopg.Error as exc:
@@ -375,7 +422,7 @@ class Worker:
                     fallback = Outcome(
                         outcome.run_id, outcome.attempt, "fail", error=_error_json(problem)
                     )
-                    written += await self._store.finish(self.id, [fallback])
+                    written += await self.store.finish(self.id, [fallback])
             return written
 
     # -- heartbeats and recovery -----------------------------------------------------------
@@ -386,7 +433,7 @@ class Worker:
             sent = time.monotonic()
             try:
                 mine = [*self._running, *(o.run_id for o in self._finished)]
-                held = await self._store.heartbeat(self.id, self.lease, mine)
+                held = await self.store.heartbeat(self.id, self.lease, mine)
             except _DB_ERRORS as exc:
                 log.warning("heartbeat failed: %s", exc)
                 continue
@@ -398,7 +445,7 @@ class Worker:
         while True:
             await asyncio.sleep(self.sweep_interval)
             try:
-                swept = await self._store.sweep(self.dead_after)
+                swept = await self.store.sweep(self.dead_after)
                 if swept and any(swept):
                     log.info("sweeper: %d runs recovered, %d past schedule timeout", *swept)
             except _DB_ERRORS as exc:
@@ -411,7 +458,7 @@ class Worker:
         leftover = list(self._running.values())
         for ex in leftover:
             self._abandon(ex.run_id, "worker shutting down")
-        await asyncio.gather(*(ex.task for ex in leftover if ex.task), return_exceptions=True)
+        await asyncio.gather(*(ex.future for ex in leftover if ex.future), return_exceptions=True)
         self._closing = True
         self._flush_needed.set()
         await self._flush_or_force()
@@ -420,16 +467,16 @@ class Worker:
         await asyncio.gather(*background, return_exceptions=True)
         try:
             if leftover:
-                released = await self._store.release(self.id, [ex.run_id for ex in leftover])
+                released = await self.store.release(self.id, [ex.run_id for ex in leftover])
                 log.info("released %d unfinished runs back to the queue", released)
-            await self._store.worker_stopped(self.id)
+            await self.store.worker_stopped(self.id)
         except _DB_ERRORS as exc:
             log.warning("could not release runs on shutdown (%s); the sweeper will", exc)
 
     async def _wait_running_or_force(self) -> None:
         deadline = time.monotonic() + self.grace_period
         while self._running and not self._force.is_set() and time.monotonic() < deadline:
-            waiting = [ex.task for ex in self._running.values() if ex.task is not None]
+            waiting = [ex.future for ex in self._running.values() if ex.future is not None]
             force = asyncio.create_task(self._force.wait())
             await asyncio.wait(
                 [*waiting, force],

@@ -33,16 +33,16 @@ WITH input AS (
     SELECT * FROM unnest(
         %(task)s::text[], %(queue)s::text[], %(priority)s::integer[], %(args)s::text[],
         %(max_retries)s::integer[], %(max_recoveries)s::integer[], %(delay)s::float8[],
-        %(schedule_timeout)s::float8[], %(idempotency_key)s::text[]
+        %(schedule_timeout)s::float8[], %(idempotency_key)s::text[], %(durable)s::boolean[]
     ) WITH ORDINALITY AS t(task, queue, priority, args, max_retries, max_recoveries, delay,
-                          schedule_timeout, idempotency_key, ord)
+                          schedule_timeout, idempotency_key, durable, ord)
 ), inserted AS (
     INSERT INTO {schema}.runs (task, queue, priority, args, max_retries, max_recoveries,
-                               run_at, schedule_deadline, idempotency_key)
+                               run_at, schedule_deadline, idempotency_key, durable)
     SELECT task, queue, priority, args::jsonb, max_retries, max_recoveries,
            now() + make_interval(secs => delay),
            now() + make_interval(secs => delay + schedule_timeout),
-           idempotency_key
+           idempotency_key, durable
     FROM input
     ORDER BY ord  -- identities are drawn in this order, so ids ascend in input order
     ON CONFLICT (task, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
@@ -58,7 +58,15 @@ SELECT idempotency_key, id FROM {schema}.runs
 WHERE task = %(task)s AND idempotency_key = ANY(%(keys)s::text[]);
 
 -- name: claim
-WITH picked AS (
+-- Also wakes WAITING runs of these tasks whose timer is due; they come back as marker rows
+-- (task NULL) and are claimed by the next claim.
+WITH woken AS (
+    UPDATE {schema}.runs
+    SET status = 'QUEUED', run_at = now(), wake_at = NULL, wait_children = NULL, wait_event = NULL
+    WHERE status = 'WAITING' AND wake_at <= now()
+      AND queue = ANY(%(queues)s::text[]) AND task = ANY(%(tasks)s::text[])
+    RETURNING id
+), picked AS (
     SELECT id FROM {schema}.runs
     WHERE status = 'QUEUED'
       AND queue = ANY(%(queues)s::text[])
@@ -68,20 +76,32 @@ WITH picked AS (
     ORDER BY priority DESC, id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE {schema}.runs r
+    SET status = 'RUNNING',
+        worker_id = %(worker_id)s,
+        attempt = r.attempt + 1,
+        lease_expires_at = now() + make_interval(secs => %(lease)s),
+        started_at = now()
+    FROM picked
+    WHERE r.id = picked.id
+    RETURNING r.id, r.task, r.args, r.attempt, r.failures, r.max_retries, r.durable
 )
-UPDATE {schema}.runs r
-SET status = 'RUNNING',
-    worker_id = %(worker_id)s,
-    attempt = r.attempt + 1,
-    lease_expires_at = now() + make_interval(secs => %(lease)s),
-    started_at = now()
-FROM picked
-WHERE r.id = picked.id
-RETURNING r.id, r.task, r.args, r.attempt, r.failures, r.max_retries;
+SELECT c.id, c.task, c.args, c.attempt, c.failures, c.max_retries,
+       c.durable AND EXISTS (SELECT 1 FROM {schema}.event_log l WHERE l.run_id = c.id)
+FROM claimed c
+UNION ALL
+SELECT id, NULL, NULL, NULL, NULL, NULL, NULL FROM woken;
 
 -- name: next_due
-SELECT EXTRACT(EPOCH FROM min(run_at) - now())::float8 FROM {schema}.runs
-WHERE status = 'QUEUED' AND queue = ANY(%(queues)s::text[]) AND task = ANY(%(tasks)s::text[]);
+-- Seconds until the next delayed run or durable timer of these queues and tasks is due.
+SELECT EXTRACT(EPOCH FROM LEAST(
+    (SELECT min(run_at) FROM {schema}.runs
+     WHERE status = 'QUEUED' AND queue = ANY(%(queues)s::text[]) AND task = ANY(%(tasks)s::text[])),
+    (SELECT min(wake_at) FROM {schema}.runs
+     WHERE status = 'WAITING' AND wake_at IS NOT NULL
+       AND queue = ANY(%(queues)s::text[]) AND task = ANY(%(tasks)s::text[]))
+) - now())::float8;
 
 -- name: finish
 -- Outcomes: 'ok' completes, 'retry' re-queues after `delay` seconds, 'fail' fails for good.
@@ -104,12 +124,26 @@ WITH outcome AS (
     FROM outcome o
     WHERE r.id = o.id AND r.attempt = o.attempt
       AND r.worker_id = %(worker_id)s AND r.status = 'RUNNING'
-    RETURNING r.id, r.status, r.queue
+    RETURNING r.id, r.status, r.queue, r.parent_id
+), parents AS (
+    -- Parents suspended on these children wake once every child they wait for has ended.
+    UPDATE {schema}.runs p
+    SET status = 'QUEUED', run_at = now(), wake_at = NULL, wait_children = NULL, wait_event = NULL
+    FROM written w
+    WHERE p.id = w.parent_id AND w.status <> 'QUEUED' AND p.status = 'WAITING'
+      AND w.id = ANY(p.wait_children)
+      AND NOT EXISTS (SELECT 1 FROM {schema}.runs c
+                      WHERE c.id = ANY(p.wait_children)
+                        AND c.status NOT IN ('COMPLETED', 'FAILED', 'CANCELLED')
+                        AND c.id NOT IN (SELECT id FROM written WHERE status <> 'QUEUED'))
+    RETURNING p.id, p.queue
 )
 SELECT id, status,
        (SELECT count(pg_notify(%(channel)s, 'done:' || ids))
           FROM (SELECT string_agg(id::text, ',') AS ids FROM written
-                WHERE status <> 'QUEUED' HAVING count(*) > 0) d) AS notified
+                WHERE status <> 'QUEUED' HAVING count(*) > 0) d) AS notified,
+       (SELECT count(pg_notify(%(channel)s, 'q:' || q.queue))
+          FROM (SELECT DISTINCT queue FROM parents) q) AS woken
 FROM written;
 
 -- name: worker_register
@@ -212,14 +246,20 @@ SELECT id, (SELECT count(pg_notify(%(channel)s, 'done:' || ids))
 FROM expired;
 
 -- name: cancel
-WITH cancelled AS (
+-- Cancels a run and every unfinished run below it (its children, theirs, ...).
+WITH RECURSIVE tree AS (
+    SELECT id FROM {schema}.runs WHERE id = %(id)s
+    UNION ALL
+    SELECT c.id FROM {schema}.runs c JOIN tree t ON c.parent_id = t.id
+), cancelled AS (
     UPDATE {schema}.runs
     SET status = 'CANCELLED', finished_at = now(), lease_expires_at = NULL
-    WHERE id = %(id)s AND status IN ('QUEUED', 'RUNNING', 'WAITING')
+    WHERE id IN (SELECT id FROM tree) AND status IN ('QUEUED', 'RUNNING', 'WAITING')
     RETURNING id
 )
 SELECT id, pg_notify(%(channel)s, 'cancel:' || id), pg_notify(%(channel)s, 'done:' || id)
-FROM cancelled;
+FROM cancelled
+ORDER BY id = %(id)s DESC;
 
 -- name: run_get
 SELECT id, task, queue, status, priority, args, result, error, attempt, failures, max_retries,
@@ -266,3 +306,225 @@ ORDER BY r.queue;
 
 -- name: listen
 LISTEN {channel};
+
+-- name: log_load
+-- The whole event log of a run in one query, with the state of each child it spawned and, for
+-- timers, the seconds left (database clock).
+SELECT l.seq, l.kind, l.name, l.key, l.input, l.result, l.error, l.child_id, l.event_id,
+       EXTRACT(EPOCH FROM l.wake_at - now())::float8, l.done, c.status, c.result, c.error
+FROM {schema}.event_log l
+LEFT JOIN {schema}.runs c ON c.id = l.child_id
+WHERE l.run_id = %(run_id)s
+ORDER BY l.seq;
+
+-- name: log_append
+-- Appends one entry, fenced: the run row is locked (FOR SHARE) only if this worker still holds
+-- this attempt, so a recovery cannot slip in between the check and the insert.
+WITH held AS (
+    SELECT id FROM {schema}.runs
+    WHERE id = %(run_id)s AND attempt = %(attempt)s AND worker_id = %(worker_id)s
+      AND status = 'RUNNING'
+    FOR SHARE
+)
+INSERT INTO {schema}.event_log (run_id, seq, kind, name, key, input, result, error, wake_at, done,
+                                attempt, completed_at)
+SELECT id, %(seq)s, %(kind)s, %(name)s, %(key)s, %(input)s::jsonb,
+       COALESCE(%(result)s::jsonb,
+                CASE WHEN %(kind)s = 'now' THEN to_jsonb(EXTRACT(EPOCH FROM now())::float8) END),
+       %(error)s::jsonb,
+       now() + make_interval(secs => %(sleep)s),
+       %(done)s, %(attempt)s, CASE WHEN %(done)s THEN now() END
+FROM held
+RETURNING result, EXTRACT(EPOCH FROM wake_at - now())::float8;
+
+-- name: log_spawn
+-- Records a child entry and creates the child run in the same statement, fenced.
+WITH held AS (
+    SELECT id FROM {schema}.runs
+    WHERE id = %(run_id)s AND attempt = %(attempt)s AND worker_id = %(worker_id)s
+      AND status = 'RUNNING'
+    FOR SHARE
+), child AS (
+    INSERT INTO {schema}.runs (task, queue, priority, args, max_retries, max_recoveries,
+                               schedule_deadline, durable, parent_id, parent_seq)
+    SELECT %(task)s, %(queue)s, %(priority)s, %(args)s::jsonb, %(max_retries)s,
+           %(max_recoveries)s, now() + make_interval(secs => %(schedule_timeout)s), %(durable)s,
+           held.id, %(seq)s
+    FROM held
+    RETURNING id, queue
+), entry AS (
+    INSERT INTO {schema}.event_log (run_id, seq, kind, name, key, input, child_id, done, attempt)
+    SELECT %(run_id)s, %(seq)s, 'child', %(task)s, %(key)s, %(args)s::jsonb, child.id, false,
+           %(attempt)s
+    FROM child
+)
+SELECT id, pg_notify(%(channel)s, 'q:' || queue) FROM child;
+
+-- name: log_complete
+-- Marks a pending entry (child, sleep, event wait) done with its outcome, fenced.
+WITH held AS (
+    SELECT id FROM {schema}.runs
+    WHERE id = %(run_id)s AND attempt = %(attempt)s AND worker_id = %(worker_id)s
+      AND status = 'RUNNING'
+    FOR SHARE
+)
+UPDATE {schema}.event_log l
+SET done = true, result = %(result)s::jsonb, error = %(error)s::jsonb, completed_at = now()
+FROM held
+WHERE l.run_id = held.id AND l.seq = %(seq)s AND NOT l.done
+RETURNING l.seq;
+
+-- name: log_take_event
+-- The first event with this key pushed since the run was created and not taken by an earlier
+-- wait of this run, recorded in the waiting entry in the same statement, fenced.
+WITH held AS (
+    SELECT id, created_at FROM {schema}.runs
+    WHERE id = %(run_id)s AND attempt = %(attempt)s AND worker_id = %(worker_id)s
+      AND status = 'RUNNING'
+    FOR SHARE
+), ev AS (
+    SELECT e.id, e.payload FROM {schema}.events e, held
+    WHERE e.key = %(key)s AND e.created_at >= held.created_at
+      AND NOT EXISTS (SELECT 1 FROM {schema}.event_log l
+                      WHERE l.run_id = held.id AND l.event_id = e.id)
+    ORDER BY e.id
+    LIMIT 1
+)
+UPDATE {schema}.event_log l
+SET done = true, event_id = ev.id, result = ev.payload, completed_at = now()
+FROM held, ev
+WHERE l.run_id = held.id AND l.seq = %(seq)s AND NOT l.done
+RETURNING ev.id, ev.payload;
+
+-- name: log_hold
+-- Inside ctx.transaction: lock the run row for the rest of the caller's transaction, fenced.
+SELECT id FROM {schema}.runs
+WHERE id = %(run_id)s AND attempt = %(attempt)s AND worker_id = %(worker_id)s
+  AND status = 'RUNNING'
+FOR SHARE;
+
+-- name: children_status
+SELECT id, status, result, error FROM {schema}.runs WHERE id = ANY(%(ids)s::bigint[]);
+
+-- name: suspend
+-- Releases the run's slot: WAITING until a child ends, the timer fires or the event arrives.
+-- If what it waits for already happened (committed before this statement), it is QUEUED at once.
+UPDATE {schema}.runs r
+SET status = CASE WHEN ready.yes THEN 'QUEUED' ELSE 'WAITING' END,
+    worker_id = NULL, lease_expires_at = NULL, run_at = now(),
+    wake_at = now() + make_interval(secs => %(wake_in)s),
+    wait_children = %(children)s::bigint[],
+    wait_event = %(event)s
+FROM (SELECT
+        COALESCE(%(wake_in)s <= 0, false)
+        OR EXISTS (SELECT 1 FROM {schema}.runs c WHERE c.id = ANY(%(children)s::bigint[])
+                   AND c.status IN ('COMPLETED', 'FAILED', 'CANCELLED'))
+        OR EXISTS (SELECT 1 FROM {schema}.events e, {schema}.runs me
+                   WHERE me.id = %(run_id)s AND e.key = %(event)s
+                     AND e.created_at >= me.created_at
+                     AND NOT EXISTS (SELECT 1 FROM {schema}.event_log l
+                                     WHERE l.run_id = me.id AND l.event_id = e.id)) AS yes
+     ) ready
+WHERE r.id = %(run_id)s AND r.attempt = %(attempt)s AND r.worker_id = %(worker_id)s
+  AND r.status = 'RUNNING'
+RETURNING r.status;
+
+-- name: sweep_wake_ready
+-- Backstop for wake-ups that raced with a suspension: WAITING runs whose child ended or whose
+-- event arrived go back to the queue. (Timers are woken by the claim itself.)
+WITH woken AS (
+    UPDATE {schema}.runs r
+    SET status = 'QUEUED', run_at = now(), wake_at = NULL, wait_children = NULL, wait_event = NULL
+    WHERE r.status = 'WAITING'
+      AND (EXISTS (SELECT 1 FROM {schema}.runs c WHERE c.id = ANY(r.wait_children)
+                   AND c.status IN ('COMPLETED', 'FAILED', 'CANCELLED'))
+           OR (r.wait_event IS NOT NULL AND EXISTS (
+               SELECT 1 FROM {schema}.events e
+               WHERE e.key = r.wait_event AND e.created_at >= r.created_at
+                 AND NOT EXISTS (SELECT 1 FROM {schema}.event_log l
+                                 WHERE l.run_id = r.id AND l.event_id = e.id))))
+    RETURNING r.id, r.queue
+)
+SELECT id, (SELECT count(pg_notify(%(channel)s, 'q:' || q.queue))
+              FROM (SELECT DISTINCT queue FROM woken) q)
+FROM woken;
+
+-- name: push_event
+WITH ev AS (
+    INSERT INTO {schema}.events (key, payload) VALUES (%(key)s, %(payload)s::jsonb) RETURNING id
+), woken AS (
+    UPDATE {schema}.runs
+    SET status = 'QUEUED', run_at = now(), wake_at = NULL, wait_children = NULL, wait_event = NULL
+    WHERE status = 'WAITING' AND wait_event = %(key)s
+    RETURNING id, queue
+)
+SELECT (SELECT id FROM ev),
+       (SELECT count(pg_notify(%(channel)s, 'q:' || q.queue))
+          FROM (SELECT DISTINCT queue FROM woken) q),
+       pg_notify(%(channel)s, 'ev:' || %(key)s);
+
+-- name: retry
+-- A failed or cancelled run back to the queue, its log kept: it resumes after its last
+-- checkpoint. Children it spawned but never saw end, and that failed or were cancelled, too.
+WITH target AS (
+    UPDATE {schema}.runs
+    SET status = 'QUEUED', run_at = now(), failures = 0, recoveries = 0, error = NULL,
+        result = NULL, finished_at = NULL, worker_id = NULL, lease_expires_at = NULL
+    WHERE id = %(id)s AND status IN ('FAILED', 'CANCELLED')
+    RETURNING id, queue
+), children AS (
+    UPDATE {schema}.runs c
+    SET status = 'QUEUED', run_at = now(), failures = 0, recoveries = 0, error = NULL,
+        finished_at = NULL
+    FROM {schema}.event_log l, target
+    WHERE l.run_id = target.id AND l.kind = 'child' AND NOT l.done AND c.id = l.child_id
+      AND c.status IN ('FAILED', 'CANCELLED')
+    RETURNING c.id, c.queue
+)
+SELECT id, (SELECT count(pg_notify(%(channel)s, 'q:' || q.queue))
+              FROM (SELECT queue FROM target UNION SELECT queue FROM children) q)
+FROM target;
+
+-- name: replay
+-- Sets the log aside (archived under the run's current epoch) and runs the run from scratch.
+WITH target AS (
+    SELECT id, log_epoch FROM {schema}.runs
+    WHERE id = %(id)s AND status IN ('COMPLETED', 'FAILED', 'CANCELLED')
+    FOR UPDATE
+), archived AS (
+    INSERT INTO {schema}.event_log_archive
+    SELECT l.*, target.log_epoch, now() FROM {schema}.event_log l, target
+    WHERE l.run_id = target.id
+), cleared AS (
+    DELETE FROM {schema}.event_log WHERE run_id IN (SELECT id FROM target)
+), queued AS (
+    UPDATE {schema}.runs r
+    SET status = 'QUEUED', run_at = now(), log_epoch = r.log_epoch + 1, failures = 0,
+        recoveries = 0, error = NULL, result = NULL, finished_at = NULL, worker_id = NULL
+    FROM target WHERE r.id = target.id
+    RETURNING r.id, r.queue
+)
+SELECT id, pg_notify(%(channel)s, 'q:' || queue) FROM queued;
+
+-- name: fork
+-- A new run of the same task and input whose log starts with the first N entries of the source.
+WITH src AS (
+    SELECT * FROM {schema}.runs WHERE id = %(id)s AND durable
+), created AS (
+    INSERT INTO {schema}.runs (task, queue, priority, args, max_retries, max_recoveries, durable)
+    SELECT task, queue, priority, args, max_retries, max_recoveries, durable FROM src
+    RETURNING id, queue
+), copied AS (
+    INSERT INTO {schema}.event_log (run_id, seq, kind, name, key, input, result, error, child_id,
+                                    event_id, wake_at, done, attempt, created_at, completed_at)
+    SELECT created.id, l.seq, l.kind, l.name, l.key, l.input, l.result, l.error, l.child_id,
+           l.event_id, l.wake_at, l.done, 0, l.created_at, l.completed_at
+    FROM {schema}.event_log l, created
+    WHERE l.run_id = %(id)s AND l.seq < %(at_event)s
+)
+SELECT id, pg_notify(%(channel)s, 'q:' || queue) FROM created;
+
+-- name: log_list
+SELECT seq, kind, name, key, input, result, error, child_id, event_id, wake_at, done, attempt,
+       created_at, completed_at
+FROM {schema}.event_log WHERE run_id = %(run_id)s ORDER BY seq;

@@ -1,0 +1,398 @@
+"""DurableContext: how a durable task checkpoints its progress in its event log.
+
+Every operation (a step, a child run, a sleep, an event wait, a recorded value) takes the next
+sequence number. On the first execution it does the work and appends the outcome to the log; when
+the run executes again (after a crash, a retry or a suspension) the function runs from the top
+and each operation whose sequence number is already in the log returns the recorded outcome
+without doing the work again. Each entry carries a key, a hash of (kind, name, input): if the code
+now does something else at that position, the run fails with NonDeterminismError.
+
+A wait that is not satisfied within ``evict_after`` seconds raises :class:`Suspend`: the worker
+marks the run WAITING and frees its slot; a child's end, the timer or the event queues it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import hashlib
+import inspect
+import json
+import random as _random
+import traceback
+import uuid
+from collections.abc import Awaitable, Callable, Generator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .errors import ChildFailed, NonDeterminismError, StepFailed
+from .serde import dumps
+
+if TYPE_CHECKING:
+    from .durable import DurableRun
+    from .tasks import Task
+
+T = TypeVar("T")
+TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
+_step_key: contextvars.ContextVar[str | None] = contextvars.ContextVar("durably_step", default=None)
+
+
+class Suspend(BaseException):
+    """Raised through user code to unwind a durable run that waits too long: a BaseException so
+    that ``except Exception`` in user code does not swallow it."""
+
+    def __init__(self, wake_in: float | None, children: list[int], event: str | None) -> None:
+        super().__init__("suspended")
+        self.wake_in = wake_in
+        self.children = children
+        self.event = event
+
+
+@dataclass
+class Entry:
+    """One recorded operation, as loaded from the log."""
+
+    seq: int
+    kind: str
+    name: str
+    key: str
+    input: Any
+    result: Any
+    error: dict[str, Any] | None
+    child_id: int | None
+    event_id: int | None
+    wake_in: float | None
+    done: bool
+    child_status: str | None = None
+    child_result: Any = None
+    child_error: dict[str, Any] | None = None
+
+
+def operation_key(kind: str, name: str, input_json: str) -> str:
+    """The key of an operation: a hash of its kind, target name and canonical JSON input."""
+    return hashlib.sha256(f"{kind}\0{name}\0{input_json}".encode()).hexdigest()[:32]
+
+
+def canonical(value: Any) -> str:
+    """Canonical JSON (sorted keys), so equal inputs give equal keys."""
+    return json.dumps(json.loads(dumps(value)), sort_keys=True, separators=(",", ":"))
+
+
+def _describe(kind: str, name: str, input_json: str) -> str:
+    shown = input_json if len(input_json) <= 200 else input_json[:197] + "..."
+    return f"{kind} {name!r} with input {shown}"
+
+
+class Child:
+    """A child run spawned by :meth:`DurableContext.spawn`; await it for its result."""
+
+    def __init__(self, ctx: DurableContext, seq: int, recording: asyncio.Future[int]) -> None:
+        self._ctx = ctx
+        self.seq = seq
+        self._recording = recording
+
+    async def id(self) -> int:
+        """The child's run id (once its creation is recorded)."""
+        return await self._recording
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        results = yield from self._ctx.gather(self).__await__()
+        return results[0]
+
+
+class DurableContext:
+    """Passed as the first argument of an ``async def`` durable task."""
+
+    def __init__(self, run: DurableRun) -> None:
+        self._run = run
+        self._next_seq = 0
+
+    @property
+    def run_id(self) -> int:
+        """The id of this run."""
+        return self._run.run_id
+
+    @property
+    def attempt(self) -> int:
+        """The attempt number of this execution."""
+        return self._run.attempt
+
+    @property
+    def cancelled(self) -> bool:
+        """True once the run was cancelled or taken away from this worker."""
+        return self._run.abandoned
+
+    @property
+    def idempotency_key(self) -> str:
+        """Inside a step: ``"<run id>:<sequence>"``, the same on every re-execution of that step,
+        to pass to external services so that at-least-once becomes effectively-once."""
+        key = _step_key.get()
+        if key is None:
+            raise RuntimeError("ctx.idempotency_key is only defined inside ctx.step(...)")
+        return key
+
+    # -- replay --------------------------------------------------------------------------------
+
+    def _lookup(self, kind: str, name: str, input_value: Any) -> tuple[int, str, str, Entry | None]:
+        """Take the next sequence number; return the recorded entry there, if any."""
+        seq = self._next_seq
+        self._next_seq += 1
+        input_json = canonical(input_value)
+        key = operation_key(kind, name, input_json)
+        entry = self._run.log.get(seq)
+        if entry is not None and entry.key != key:
+            error = NonDeterminismError(
+                f"run {self.run_id} is not deterministic at event {seq}: the log recorded "
+                f"{_describe(entry.kind, entry.name, canonical(entry.input))} but the code now "
+                f"did {_describe(kind, name, input_json)}; keep the code's order of operations "
+                f"for runs in flight, or replay the run (durably runs replay {self.run_id})"
+            )
+            self._run.nondeterminism = error
+            raise error
+        return seq, key, input_json, entry
+
+    # -- steps ---------------------------------------------------------------------------------
+
+    async def step(
+        self, fn: Callable[..., Any], *args: Any, name: str | None = None, retries: int = 0
+    ) -> Any:
+        """Call ``fn(*args)`` once and checkpoint its result; on re-execution return the recorded
+        result. Exceptions are retried ``retries`` times; a final failure is recorded and raised
+        as :class:`StepFailed` (here and on every re-execution)."""
+        step_name = name or str(getattr(fn, "__qualname__", repr(fn)))
+        seq, key, _, entry = self._lookup("step", step_name, list(args))
+        if entry is not None:
+            return _replayed(entry)
+        token = _step_key.set(f"{self.run_id}:{seq}")
+        try:
+            value, error = await self._call_with_retries(fn, args, retries)
+        finally:
+            _step_key.reset(token)
+        await self._run.append(seq, "step", step_name, key, list(args), value, error)
+        if error is not None:
+            raise StepFailed(f"step {step_name!r} failed: {error['type']}: {error['message']}")
+        return value
+
+    async def _call_with_retries(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], retries: int
+    ) -> tuple[Any, dict[str, Any] | None]:
+        for attempt in range(retries + 1):
+            try:
+                if inspect.iscoroutinefunction(fn):
+                    return await fn(*args), None
+                ctx = contextvars.copy_context()
+                return await asyncio.to_thread(ctx.run, fn, *args), None
+            except Exception as exc:
+                if attempt == retries:
+                    return None, _error_dict(exc)
+                await asyncio.sleep(min(0.5 * 2**attempt, 30.0))
+        raise AssertionError("unreachable")
+
+    async def transaction(self, fn: Callable[..., Any], *args: Any, name: str | None = None) -> Any:
+        """Call ``fn(conn, *args)`` inside the very transaction that records its result, so an
+        effect in this database happens exactly once. ``fn`` is async and gets a
+        ``psycopg.AsyncConnection``, or sync and gets a ``psycopg.Connection``."""
+        step_name = name or str(getattr(fn, "__qualname__", repr(fn)))
+        seq, key, _, entry = self._lookup("transaction", step_name, list(args))
+        if entry is not None:
+            return _replayed(entry)
+        return await self._run.transaction(seq, step_name, key, fn, args)
+
+    # -- recorded values -----------------------------------------------------------------------
+
+    async def now(self) -> datetime:
+        """The database's current time, recorded once."""
+        seq, key, _, entry = self._lookup("now", "now", None)
+        value = (
+            entry.result
+            if entry is not None
+            else await self._run.append(seq, "now", "now", key, None, None, None)
+        )
+        return datetime.fromtimestamp(float(value), UTC)
+
+    async def uuid4(self) -> uuid.UUID:
+        """A random UUID, recorded once."""
+        return uuid.UUID(await self._recorded("uuid4", lambda: str(uuid.uuid4())))
+
+    async def random(self) -> float:
+        """A random float in [0, 1), recorded once."""
+        return float(await self._recorded("random", _random.random))
+
+    async def _recorded(self, kind: str, make: Callable[[], Any]) -> Any:
+        seq, key, _, entry = self._lookup(kind, kind, None)
+        if entry is not None:
+            return entry.result
+        value = make()
+        await self._run.append(seq, kind, kind, key, None, value, None)
+        return value
+
+    # -- children ------------------------------------------------------------------------------
+
+    def spawn(self, task: Task[Any, Any], *args: Any, **kwargs: Any) -> Child:
+        """Start a child run now (its sequence number is taken at once); await the returned
+        :class:`Child`, or pass several to :meth:`gather`, for results."""
+        run = task.new_run(args, kwargs, task_options())
+        seq, key, _, entry = self._lookup(
+            "child", task.name, {"args": list(args), "kwargs": kwargs}
+        )
+        loop = asyncio.get_running_loop()
+        if entry is not None and entry.child_id is not None:
+            recorded: asyncio.Future[int] = loop.create_future()
+            recorded.set_result(entry.child_id)
+            return Child(self, seq, recorded)
+        recording = asyncio.ensure_future(self._run.spawn(seq, key, run, task.durable))
+        return Child(self, seq, recording)
+
+    async def run(self, task: Task[Any, Any], *args: Any, **kwargs: Any) -> Any:
+        """Spawn a child run and wait for its result; raises :class:`ChildFailed` if it fails."""
+        return await self.spawn(task, *args, **kwargs)
+
+    async def gather(self, *children: Child) -> list[Any]:
+        """Wait for every child; return their results in order. Raises :class:`ChildFailed` for
+        the first child (in order) that failed."""
+        ids = [await child.id() for child in children]
+        outcomes = await self._run.wait_children([c.seq for c in children], ids)
+        results = []
+        for child_id, (status, result, error) in zip(ids, outcomes, strict=True):
+            if status != "COMPLETED":
+                err = error or {"type": status, "message": ""}
+                what = f"{err.get('type')}: {err.get('message')}"
+                raise ChildFailed(
+                    f"child run {child_id} {status.lower()}: {what}",
+                    child_id=child_id,
+                    error=err,
+                )
+            results.append(result)
+        return results
+
+    # -- waits ---------------------------------------------------------------------------------
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep durably: the wake time is recorded once, so a crash does not restart it."""
+        seq, key, _, entry = self._lookup("sleep", "sleep", None)
+        if entry is None:
+            wake_in = await self._run.append_sleep(seq, key, seconds)
+        elif entry.done:
+            return
+        else:
+            wake_in = entry.wake_in or 0.0
+        await self._run.wait_timer(seq, wake_in)
+
+    async def sleep_until(self, when: datetime) -> None:
+        """Sleep durably until ``when`` (an aware datetime)."""
+        if when.tzinfo is None:
+            raise ValueError("sleep_until needs an aware datetime, e.g. datetime.now(UTC)")
+        now = await self.now()
+        await self.sleep(max(0.0, (when - now).total_seconds()))
+
+    async def wait_for_event(self, key: str, timeout: float | None = None) -> Any:
+        """Wait for an event pushed with ``app.push_event(key, payload)`` and return its payload.
+
+        Sees the first event with that key pushed after this run was created and not taken by an
+        earlier wait of this run. Raises TimeoutError after ``timeout`` seconds (recorded too)."""
+        seq, log_key, _, entry = self._lookup("event", key, None)
+        if entry is None:
+            wake_in = await self._run.append_wait(seq, log_key, key, timeout)
+        elif entry.done:
+            return _replayed(entry)
+        else:
+            wake_in = entry.wake_in
+        return await self._run.wait_event(seq, key, wake_in)
+
+
+def task_options() -> Any:
+    """Default per-call options for children (a hook for future per-child options)."""
+    from .tasks import CallOptions
+
+    return CallOptions()
+
+
+def _replayed(entry: Entry) -> Any:
+    if entry.error is not None:
+        err = entry.error
+        if err.get("type") == "TimeoutError" and entry.kind == "event":
+            raise TimeoutError(err.get("message", "timed out"))
+        raise StepFailed(f"step {entry.name!r} failed: {err.get('type')}: {err.get('message')}")
+    return entry.result
+
+
+def _error_dict(exc: BaseException) -> dict[str, Any]:
+    return {
+        "type": f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins."),
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(exc)),
+    }
+
+
+class SyncDurableContext:
+    """Passed as the first argument of a plain ``def`` durable task: the same operations as
+    :class:`DurableContext`, blocking instead of awaitable. The task runs on a worker thread;
+    each operation is carried out on the worker's event loop."""
+
+    def __init__(self, ctx: DurableContext, loop: asyncio.AbstractEventLoop) -> None:
+        self._ctx = ctx
+        self._loop = loop
+
+    def _call(self, coro: Awaitable[T]) -> T:
+        async def wrapped() -> T:
+            return await coro
+
+        return asyncio.run_coroutine_threadsafe(wrapped(), self._loop).result()
+
+    run_id = property(lambda self: self._ctx.run_id, doc="The id of this run.")
+    attempt = property(lambda self: self._ctx.attempt, doc="The attempt of this execution.")
+    cancelled = property(lambda self: self._ctx.cancelled, doc="True once cancelled.")
+    idempotency_key = property(lambda self: self._ctx.idempotency_key, doc="See DurableContext.")
+
+    def step(
+        self, fn: Callable[..., Any], *args: Any, name: str | None = None, retries: int = 0
+    ) -> Any:
+        """See :meth:`DurableContext.step`."""
+        return self._call(self._ctx.step(fn, *args, name=name, retries=retries))
+
+    def transaction(self, fn: Callable[..., Any], *args: Any, name: str | None = None) -> Any:
+        """See :meth:`DurableContext.transaction`."""
+        return self._call(self._ctx.transaction(fn, *args, name=name))
+
+    def spawn(self, task: Task[Any, Any], *args: Any, **kwargs: Any) -> Child:
+        """See :meth:`DurableContext.spawn`."""
+
+        async def spawn() -> Child:
+            child = self._ctx.spawn(task, *args, **kwargs)
+            await child.id()
+            return child
+
+        return self._call(spawn())
+
+    def run(self, task: Task[Any, Any], *args: Any, **kwargs: Any) -> Any:
+        """See :meth:`DurableContext.run`."""
+        return self._call(self._ctx.run(task, *args, **kwargs))
+
+    def gather(self, *children: Child) -> list[Any]:
+        """See :meth:`DurableContext.gather`."""
+        return self._call(self._ctx.gather(*children))
+
+    def sleep(self, seconds: float) -> None:
+        """See :meth:`DurableContext.sleep`."""
+        self._call(self._ctx.sleep(seconds))
+
+    def sleep_until(self, when: datetime) -> None:
+        """See :meth:`DurableContext.sleep_until`."""
+        self._call(self._ctx.sleep_until(when))
+
+    def wait_for_event(self, key: str, timeout: float | None = None) -> Any:
+        """See :meth:`DurableContext.wait_for_event`."""
+        return self._call(self._ctx.wait_for_event(key, timeout))
+
+    def now(self) -> datetime:
+        """See :meth:`DurableContext.now`."""
+        return self._call(self._ctx.now())
+
+    def uuid4(self) -> uuid.UUID:
+        """See :meth:`DurableContext.uuid4`."""
+        return self._call(self._ctx.uuid4())
+
+    def random(self) -> float:
+        """See :meth:`DurableContext.random`."""
+        return self._call(self._ctx.random())

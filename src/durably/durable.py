@@ -1,0 +1,286 @@
+"""DurableRun: one execution of a durable run on a worker — its loaded log, its fenced appends,
+its waits, and its suspension. The user-facing API is :mod:`durably.context`."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .context import DurableContext, Entry, Suspend, SyncDurableContext
+from .errors import LeaseLost, NonDeterminismError
+from .serde import dumps
+from .store import NewRun
+
+if TYPE_CHECKING:
+    from .tasks import Task
+    from .worker import Worker, _Execution
+
+TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
+
+
+class DurableRun:
+    """Drives one attempt of a durable run for the worker."""
+
+    def __init__(self, worker: Worker, ex: _Execution) -> None:
+        self.worker = worker
+        self.store = worker.store
+        self.ex = ex
+        self.task: Task[Any, Any] = ex.task
+        self.run_id = ex.run_id
+        self.attempt = ex.attempt
+        self.log: dict[int, Entry] = {}
+        self.nondeterminism: NonDeterminismError | None = None
+        self.lost = False
+
+    @property
+    def abandoned(self) -> bool:
+        """True once the worker gave this execution up (cancelled, lease lost)."""
+        return self.ex.abandoned or self.lost
+
+    def _fence(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "attempt": self.attempt, "worker_id": self.worker.id}
+
+    async def call(self, args: list[Any], kwargs: dict[str, Any], has_log: bool) -> Any:
+        """Run the task function against the log; raises Suspend, LeaseLost or its error."""
+        if has_log:
+            self.log = {e.seq: e for e in await self.store.load_log(self.run_id)}
+        ctx = DurableContext(self)
+        if self.task.is_async:
+            value = await self.task.fn(ctx, *args, **kwargs)
+        else:
+            loop = asyncio.get_running_loop()
+            sync_ctx = SyncDurableContext(ctx, loop)
+            call = functools.partial(self.task.fn, sync_ctx, *args, **kwargs)
+            value = await loop.run_in_executor(self.worker.threads, call)
+        if self.nondeterminism is not None:  # raised into user code, which may have caught it
+            raise self.nondeterminism
+        if self.lost:
+            raise LeaseLost(f"run {self.run_id} attempt {self.attempt} lost its lease")
+        return value
+
+    def _check(self, written: bool) -> None:
+        if not written:
+            self.lost = True
+            raise LeaseLost(
+                f"run {self.run_id} attempt {self.attempt} no longer belongs to this worker"
+            )
+
+    # -- appends -------------------------------------------------------------------------------
+
+    async def append(
+        self,
+        seq: int,
+        kind: str,
+        name: str,
+        key: str,
+        input_value: Any,
+        result: Any,
+        error: dict[str, Any] | None,
+    ) -> Any:
+        """Append a finished entry; returns the stored result."""
+        row = await self.store.log_append(
+            {
+                **self._fence(),
+                "seq": seq,
+                "kind": kind,
+                "name": name,
+                "key": key,
+                "input": dumps(input_value),
+                "result": None if result is None else dumps(result),
+                "error": None if error is None else dumps(error),
+                "sleep": None,
+                "done": True,
+            }
+        )
+        self._check(row is not None)
+        assert row is not None
+        return row[0]
+
+    async def append_sleep(self, seq: int, key: str, seconds: float) -> float:
+        """Record a timer; returns the seconds left (database clock)."""
+        row = await self.store.log_append(
+            {
+                **self._fence(),
+                "seq": seq,
+                "kind": "sleep",
+                "name": "sleep",
+                "key": key,
+                "input": dumps({"seconds": seconds}),
+                "result": None,
+                "error": None,
+                "sleep": float(seconds),
+                "done": False,
+            }
+        )
+        self._check(row is not None)
+        assert row is not None
+        return float(row[1])
+
+    async def append_wait(
+        self, seq: int, key: str, event: str, timeout: float | None
+    ) -> float | None:
+        """Record an event wait (with its deadline, if any)."""
+        row = await self.store.log_append(
+            {
+                **self._fence(),
+                "seq": seq,
+                "kind": "event",
+                "name": event,
+                "key": key,
+                "input": dumps({"key": event, "timeout": timeout}),
+                "result": None,
+                "error": None,
+                "sleep": None if timeout is None else float(timeout),
+                "done": False,
+            }
+        )
+        self._check(row is not None)
+        assert row is not None
+        return None if row[1] is None else float(row[1])
+
+    async def complete(self, seq: int, result: Any, error: dict[str, Any] | None) -> None:
+        """Mark a pending entry done with its outcome."""
+        params = {
+            **self._fence(),
+            "seq": seq,
+            "result": None if result is None else dumps(result),
+            "error": None if error is None else dumps(error),
+        }
+        self._check(await self.store.log_complete(params))
+
+    async def spawn(self, seq: int, key: str, run: NewRun, durable: bool) -> int:
+        """Create the child run and its entry in one fenced statement; returns the child id."""
+        child_id = await self.store.log_spawn(
+            {
+                **self._fence(),
+                "seq": seq,
+                "key": key,
+                "task": run.task,
+                "queue": run.queue,
+                "priority": run.priority,
+                "args": run.args,
+                "max_retries": run.max_retries,
+                "max_recoveries": run.max_recoveries,
+                "schedule_timeout": run.schedule_timeout,
+                "durable": durable,
+            }
+        )
+        self._check(child_id is not None)
+        assert child_id is not None
+        return child_id
+
+    async def transaction(
+        self, seq: int, name: str, key: str, fn: Callable[..., Any], args: tuple[Any, ...]
+    ) -> Any:
+        """Run ``fn(conn, *args)`` and record its result in the same transaction."""
+        params = {
+            **self._fence(),
+            "seq": seq,
+            "kind": "transaction",
+            "name": name,
+            "key": key,
+            "input": dumps(list(args)),
+            "error": None,
+            "sleep": None,
+            "done": True,
+        }
+        if asyncio.iscoroutinefunction(fn):
+            held, value = await self.store.in_transaction(params, fn, args, dumps)
+        else:
+            run = self.store.in_transaction_sync
+            held, value = await asyncio.to_thread(run, params, fn, args, dumps)
+        self._check(held)
+        return value
+
+    # -- waits ---------------------------------------------------------------------------------
+
+    def _recorded_child(self, seq: int) -> tuple[str, Any, Any] | None:
+        entry = self.log.get(seq)
+        if entry is None or not entry.done:
+            return None
+        status = "COMPLETED" if entry.error is None else str(entry.error.get("status", "FAILED"))
+        return status, entry.result, entry.error
+
+    async def wait_children(self, seqs: list[int], ids: list[int]) -> list[tuple[str, Any, Any]]:
+        """Outcomes of children, in order: recorded ones from the log, others awaited."""
+        outcomes: dict[int, tuple[str, Any, Any]] = {}
+        for seq in seqs:
+            recorded = self._recorded_child(seq)
+            if recorded is not None:
+                outcomes[seq] = recorded
+        deadline = time.monotonic() + self.worker.evict_after
+        while len(outcomes) < len(seqs):
+            pending = {seq: cid for seq, cid in zip(seqs, ids, strict=True) if seq not in outcomes}
+            tokens = [f"done:{cid}" for cid in pending.values()]
+            futures = [self.worker.waiters.watch(t) for t in tokens]
+            try:
+                rows = await self.store.children_status(list(pending.values()))
+                for seq, cid in pending.items():
+                    status, result, error = rows[cid]
+                    if status in TERMINAL:
+                        stored = None if error is None else {**error, "status": status}
+                        await self.complete(seq, result, stored)
+                        outcomes[seq] = (status, result, stored)
+                if len(outcomes) == len(seqs):
+                    break
+                suspend = Suspend(None, list(pending.values()), None)
+                await self._wait_or_suspend(futures, deadline, suspend)
+            finally:
+                for token, fut in zip(tokens, futures, strict=True):
+                    self.worker.waiters.unwatch(token, fut)
+        return [outcomes[seq] for seq in seqs]
+
+    async def wait_timer(self, seq: int, wake_in: float) -> None:
+        """Sleep in memory when the timer ends before eviction; else suspend until it fires."""
+        if wake_in > self.worker.evict_after:
+            raise Suspend(wake_in, [], None)
+        if wake_in > 0:
+            await asyncio.sleep(wake_in)
+        await self.complete(seq, None, None)
+
+    async def wait_event(self, seq: int, key: str, wake_in: float | None) -> Any:
+        """Take the event for this wait, waiting (then suspending) until it is pushed."""
+        started = time.monotonic()
+        deadline = started + self.worker.evict_after
+        token = f"ev:{key}"
+        while True:
+            fut = self.worker.waiters.watch(token)
+            try:
+                taken = await self.store.take_event({**self._fence(), "seq": seq, "key": key})
+                if taken is not None:
+                    return taken[1]
+                left = None if wake_in is None else wake_in - (time.monotonic() - started)
+                if left is not None and left <= 0:
+                    message = f"no event {key!r} arrived within the timeout"
+                    await self.complete(seq, None, {"type": "TimeoutError", "message": message})
+                    raise TimeoutError(message)
+                await self._wait_or_suspend([fut], deadline, Suspend(left, [], key), cap=left)
+            finally:
+                self.worker.waiters.unwatch(token, fut)
+
+    async def _wait_or_suspend(
+        self,
+        futures: list[asyncio.Future[None]],
+        deadline: float,
+        suspend: Suspend,
+        cap: float | None = None,
+    ) -> None:
+        """Wait for a notification (re-checking every second) until ``deadline``, then suspend."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise suspend
+        await asyncio.wait(futures, timeout=min(left, 1.0, left if cap is None else cap))
+
+    async def suspend(self, s: Suspend) -> None:
+        """Release the slot: WAITING until what the run waits for happens."""
+        await self.store.suspend(
+            {
+                **self._fence(),
+                "wake_in": s.wake_in,
+                "children": s.children or None,
+                "event": s.event,
+            }
+        )
