@@ -1,7 +1,7 @@
 """durably: durable execution for Python, built entirely on PostgreSQL."""
 
 from .app import App
-from .context import Child, DurableContext, SyncDurableContext
+from .context import Child, DurableContext, SyncDurableContext, current_run_id
 from .errors import (
     ChildFailed,
     ConfigurationError,
@@ -45,4 +45,5 @@ __all__ = [
     "Task",
     "UnknownTask",
     "Worker",
+    "current_run_id",
 ]

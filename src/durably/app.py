@@ -15,6 +15,7 @@ from .errors import ConfigurationError, UnknownTask
 from .notify import Listener, Waiters
 from .portal import Portal
 from .retry import Backoff
+from .serde import check_text, encode_result
 from .store import LATEST_VERSION, Store, check_schema_name, connect
 from .tasks import Run, RunHandle, Task
 
@@ -118,6 +119,24 @@ class App:
             return task
 
         return register if fn is None else register(fn)
+
+    @overload
+    def durable_task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+
+    @overload
+    def durable_task(
+        self,
+        /,
+        *,
+        name: str | None = None,
+        queue: str = "default",
+        retries: int = 0,
+        backoff: Backoff | float | None = None,
+        timeout: float | None = None,
+        schedule_timeout: float | None = None,
+        priority: int = 0,
+        max_recoveries: int = 20,
+    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def durable_task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
         """Register a durable task: ``async def f(ctx: DurableContext, ...)`` or
@@ -254,6 +273,76 @@ class App:
     def cancel(self, run_id: int) -> bool:
         """Cancel a run (see :meth:`cancel_async`)."""
         return self.call(self.cancel_async(run_id))
+
+    async def push_event_async(self, key: str, payload: Any = None) -> int:
+        """Push an event: durable runs waiting for ``key`` receive ``payload`` (JSON). Returns
+        the event id."""
+        check_text(key, "event key")
+        store = await self.store()
+        return await store.push_event(
+            key, encode_result(f"event {key!r}", payload, self.max_payload)
+        )
+
+    def push_event(self, key: str, payload: Any = None) -> int:
+        """Push an event (see :meth:`push_event_async`)."""
+        return self.call(self.push_event_async(key, payload))
+
+    async def retry_async(self, run_id: int) -> bool:
+        """Queue a FAILED or CANCELLED run again, keeping its event log (it resumes after its
+        last checkpoint). False when the run is not failed or cancelled."""
+        return await (await self.store()).retry(run_id)
+
+    def retry(self, run_id: int) -> bool:
+        """Retry a failed or cancelled run (see :meth:`retry_async`)."""
+        return self.call(self.retry_async(run_id))
+
+    async def replay_async(self, run_id: int) -> bool:
+        """Run a finished run again from scratch: its event log is archived (kept for audit).
+        False when the run has not finished."""
+        return await (await self.store()).replay(run_id)
+
+    def replay(self, run_id: int) -> bool:
+        """Replay a finished run (see :meth:`replay_async`)."""
+        return self.call(self.replay_async(run_id))
+
+    async def fork_async(self, run_id: int, at_event: int) -> RunHandle:
+        """A new run of the same durable task and input whose event log starts with the first
+        ``at_event`` events of ``run_id``; the source is untouched."""
+        if at_event < 0:
+            raise ValueError(f"at_event={at_event} is not valid: pass 0 or more")
+        new_id = await (await self.store()).fork(run_id, at_event)
+        if new_id is None:
+            raise UnknownTask(f"run {run_id} is not a durable run in schema {self.schema!r}")
+        return RunHandle(self, new_id)
+
+    def fork(self, run_id: int, at_event: int) -> RunHandle:
+        """Fork a durable run (see :meth:`fork_async`)."""
+        return self.call(self.fork_async(run_id, at_event))
+
+    async def event_log_async(self, run_id: int) -> list[dict[str, Any]]:
+        """A run's event log, oldest first."""
+        rows = await (await self.store()).log_list(run_id)
+        keys = [
+            "seq",
+            "kind",
+            "name",
+            "key",
+            "input",
+            "result",
+            "error",
+            "child_id",
+            "event_id",
+            "wake_at",
+            "done",
+            "attempt",
+            "created_at",
+            "completed_at",
+        ]
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def event_log(self, run_id: int) -> list[dict[str, Any]]:
+        """A run's event log, oldest first."""
+        return self.call(self.event_log_async(run_id))
 
     async def migrate_async(self) -> list[int]:
         """Apply pending migrations; returns the versions applied."""

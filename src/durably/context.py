@@ -36,6 +36,15 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
 _step_key: contextvars.ContextVar[str | None] = contextvars.ContextVar("durably_step", default=None)
+CURRENT_RUN: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "durably_run", default=None
+)
+
+
+def current_run_id() -> int | None:
+    """Inside a task (or durable task) executed by a worker: the id of its run, e.g. to key an
+    external side effect so that at-least-once execution applies it once. None elsewhere."""
+    return CURRENT_RUN.get()
 
 
 class Suspend(BaseException):
@@ -236,6 +245,7 @@ class DurableContext:
         seq, key, _, entry = self._lookup(
             "child", task.name, {"args": list(args), "kwargs": kwargs}
         )
+        self._run.child_names[seq] = task.name
         loop = asyncio.get_running_loop()
         if entry is not None and entry.child_id is not None:
             recorded: asyncio.Future[int] = loop.create_future()

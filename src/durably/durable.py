@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from . import failpoints
 from .context import DurableContext, Entry, Suspend, SyncDurableContext
 from .errors import LeaseLost, NonDeterminismError
 from .serde import dumps
@@ -33,6 +34,7 @@ class DurableRun:
         self.attempt = ex.attempt
         self.log: dict[int, Entry] = {}
         self.nondeterminism: NonDeterminismError | None = None
+        self.child_names: dict[int, str] = {}  # seq -> child task name
         self.lost = False
 
     @property
@@ -153,6 +155,7 @@ class DurableRun:
 
     async def spawn(self, seq: int, key: str, run: NewRun, durable: bool) -> int:
         """Create the child run and its entry in one fenced statement; returns the child id."""
+        failpoints.hit("before_spawn", run.task)
         child_id = await self.store.log_spawn(
             {
                 **self._fence(),
@@ -170,6 +173,7 @@ class DurableRun:
         )
         self._check(child_id is not None)
         assert child_id is not None
+        failpoints.hit("after_spawn", run.task)
         return child_id
 
     async def transaction(
@@ -223,6 +227,7 @@ class DurableRun:
                     if status in TERMINAL:
                         stored = None if error is None else {**error, "status": status}
                         await self.complete(seq, result, stored)
+                        failpoints.hit("after_observe", self.child_names.get(seq, ""))
                         outcomes[seq] = (status, result, stored)
                 if len(outcomes) == len(seqs):
                     break

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import logging
 import os
@@ -30,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from .context import Suspend
+from . import failpoints
+from .context import CURRENT_RUN, Suspend
 from .durable import DurableRun
 from .errors import (
     ConfigurationError,
@@ -124,6 +126,7 @@ class Worker:
         }
         self.busy = {False: 0, True: 0}
         self.waiters = Waiters()
+        self._names: dict[int, str] = {}  # run id -> task name, kept only for failpoints
         self.poll_interval = poll_interval
         self.lease = lease
         self.heartbeat_interval = heartbeat_interval
@@ -279,6 +282,8 @@ class Worker:
         ex = _Execution(run_id, attempt, task, args, failures, max_retries, bool(has_log))
         self._running[run_id] = ex
         self.busy[task.durable] += 1
+        if failpoints.ENABLED:
+            self._names[run_id] = task_name
         ex.future = asyncio.create_task(self._execute(ex))
 
     # -- executing -------------------------------------------------------------------------
@@ -306,6 +311,8 @@ class Worker:
         durable = DurableRun(self, ex) if task.durable else None
         try:
             call_args, call_kwargs = task.signature.decode_args(ex.args)
+            failpoints.hit("task_start", task.name)
+            CURRENT_RUN.set(ex.run_id)  # this asyncio task's own context
             async with timer:
                 if durable is not None:
                     value = await durable.call(call_args, call_kwargs, ex.has_log)
@@ -393,6 +400,8 @@ class Worker:
                 await asyncio.sleep(delay)
                 continue
             del self._finished[: len(batch)]
+            for outcome in batch if failpoints.ENABLED else ():
+                failpoints.hit("after_finish", self._names.pop(outcome.run_id, ""))
             if len(written) < len(batch):
                 fenced = {o.run_id for o in batch} - {row[0] for row in written}
                 log.info(
@@ -531,7 +540,8 @@ class _DaemonThreads(Executor):
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         future: Future[Any] = Future()
-        self._jobs.put((future, functools.partial(fn, *args, **kwargs)))
+        context = contextvars.copy_context()  # the caller's context vars (current run id)
+        self._jobs.put((future, functools.partial(context.run, fn, *args, **kwargs)))
         with self._lock:
             if self._idle > 0:
                 self._idle -= 1

@@ -1,0 +1,27 @@
+"""Named failure points: places inside the engine where a test (or the demo) can make the worker
+process die with SIGKILL, to prove what survives a crash at that exact moment.
+
+Off unless the environment variable ``DURABLY_FAILPOINTS`` names them, e.g.
+``DURABLY_FAILPOINTS=after_finish:demo.charge_payment,before_spawn:demo.send_email``. Points:
+
+- ``task_start:<task>``: a run of that task is about to execute its body;
+- ``before_spawn:<task>`` / ``after_spawn:<task>``: a durable run is about to create / has
+  created (committed) a child run of that task;
+- ``after_finish:<task>``: the outcome of a run of that task has been committed;
+- ``after_observe:<task>``: a durable run has recorded that its child of that task ended.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+ENABLED = frozenset(
+    p.strip() for p in os.environ.get("DURABLY_FAILPOINTS", "").split(",") if p.strip()
+)
+
+
+def hit(point: str, task: str) -> None:
+    """Die at once (SIGKILL, no cleanup) if ``point:task`` is enabled."""
+    if ENABLED and f"{point}:{task}" in ENABLED:
+        os.kill(os.getpid(), signal.SIGKILL)
