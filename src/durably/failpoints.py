@@ -5,6 +5,7 @@ Off unless the environment variable ``DURABLY_FAILPOINTS`` names them, e.g.
 ``DURABLY_FAILPOINTS=after_finish:demo.charge_payment,before_spawn:demo.send_email``. Points:
 
 - ``task_start:<task>``: a run of that task is about to execute its body;
+- ``after_body:<task>``: its body returned, and its outcome is not recorded yet;
 - ``before_spawn:<task>`` / ``after_spawn:<task>``: a durable run is about to create / has
   created (committed) a child run of that task;
 - ``after_finish:<task>``: the outcome of a run of that task has been committed;

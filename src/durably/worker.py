@@ -321,6 +321,7 @@ class Worker:
                 else:
                     call = functools.partial(task.fn, *call_args, **call_kwargs)
                     value = await asyncio.get_running_loop().run_in_executor(self.threads, call)
+            failpoints.hit("after_body", task.name)
             result = encode_result(task.name, value, self.app.max_payload)
             return Outcome(ex.run_id, ex.attempt, "ok", result=result)
         except Suspend as suspend:
