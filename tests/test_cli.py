@@ -331,3 +331,41 @@ def test_module_entry_point_lists_runs_as_json(
     assert done.returncode == 0, done.stderr
     rows = json.loads(done.stdout)
     assert [(r["id"], r["task"], r["status"]) for r in rows] == [(handle.id, "idle", "QUEUED")]
+
+
+def test_durable_run_commands(app: durably.App, cli: Callable[..., Result]) -> None:
+    fail = {"on": True}
+
+    def work(x: int) -> int:
+        return x + 1
+
+    @app.durable_task(name="cli_flow")
+    async def cli_flow(ctx: durably.DurableContext) -> int:
+        value = int(await ctx.step(work, 1))
+        approval = await ctx.wait_for_event("cli:approve")
+        if fail["on"]:
+            raise RuntimeError("not yet")
+        return value + int(approval["n"])
+
+    with app.worker(durable_slots=1):
+        handle = cli_flow.enqueue()
+        pushed = cli("events", "push", "cli:approve", '{"n": 40}')
+        assert pushed.exit_code == 0 and "pushed" in pushed.output
+        with pytest.raises(durably.RunFailed):
+            handle.result(timeout=20)
+        shown = cli("runs", "show", str(handle.id), "--json")
+        assert shown.exit_code == 0
+        log = json.loads(shown.output)["event_log"]
+        assert [e["kind"] for e in log] == ["step", "event"]
+        assert cli("runs", "replay", "999999").exit_code == 1
+        fail["on"] = False
+        retried = cli("runs", "retry", str(handle.id))
+        assert retried.exit_code == 0, retried.output
+        assert handle.result(timeout=20) == 42
+        refused = cli("runs", "retry", str(handle.id))
+        assert refused.exit_code == 1 and "refused" in refused.output
+        forked = cli("runs", "fork", str(handle.id), "--at-event", "2")
+        assert forked.exit_code == 0, forked.output
+        fork_id = int(forked.output.split()[-1])
+        assert app.handle(fork_id).result(timeout=20) == 42
+    assert cli("events", "push", "k", "{not json").exit_code == 2

@@ -266,8 +266,9 @@ def runs_show(
     run = app.get_run(run_id)
     if run is None:
         raise ConfigurationError(f"run {run_id} does not exist in schema {app.schema!r}")
+    log = app.event_log(run_id)
     if as_json:
-        click.echo(json.dumps(run.__dict__, default=str, indent=2))
+        click.echo(json.dumps({**run.__dict__, "event_log": log}, default=str, indent=2))
         return
     for key, value in run.__dict__.items():
         if key == "error" and value:
@@ -276,6 +277,59 @@ def runs_show(
                 click.echo(value["traceback"].rstrip())
         else:
             click.echo(f"{key}: {value}")
+    if log:
+        click.echo("event log:")
+        emit(
+            log, False, ["seq", "kind", "name", "child_id", "done", "result", "error", "created_at"]
+        )
+
+
+@runs.command("retry")
+@click.argument("run_id", type=int)
+@database_options
+@friendly_errors
+def runs_retry(
+    run_id: int, app_spec: str | None, database_url: str | None, schema: str | None
+) -> None:
+    """Queue a failed or cancelled run again; a durable run resumes from its event log."""
+    app = resolve_app(app_spec, database_url, schema, migrate=True)
+    _done(
+        app.retry(run_id), f"run {run_id} queued again", f"run {run_id} is not failed or cancelled"
+    )
+
+
+@runs.command("replay")
+@click.argument("run_id", type=int)
+@database_options
+@friendly_errors
+def runs_replay(
+    run_id: int, app_spec: str | None, database_url: str | None, schema: str | None
+) -> None:
+    """Run a finished run again from scratch (its event log is archived)."""
+    app = resolve_app(app_spec, database_url, schema, migrate=True)
+    _done(
+        app.replay(run_id), f"run {run_id} replaying from scratch", f"run {run_id} has not finished"
+    )
+
+
+@runs.command("fork")
+@click.argument("run_id", type=int)
+@click.option("--at-event", type=int, required=True, help="How many events of the log to copy.")
+@database_options
+@friendly_errors
+def runs_fork(
+    run_id: int, at_event: int, app_spec: str | None, database_url: str | None, schema: str | None
+) -> None:
+    """Start a new run whose event log begins with the first N events of RUN_ID."""
+    app = resolve_app(app_spec, database_url, schema, migrate=True)
+    click.echo(f"forked run {run_id} at event {at_event} as run {app.fork(run_id, at_event).id}")
+
+
+def _done(ok: bool, success: str, refused: str) -> None:
+    if not ok:
+        click.echo(f"refused: {refused}", err=True)
+        sys.exit(1)
+    click.echo(success)
 
 
 @runs.command("cancel")
@@ -293,6 +347,34 @@ def runs_cancel(
         )
         sys.exit(1)
     click.echo(f"run {run_id} cancelled")
+
+
+@main.group()
+def events() -> None:
+    """Events that durable runs wait for."""
+
+
+@events.command("push")
+@click.argument("key")
+@click.argument("payload", required=False)
+@database_options
+@friendly_errors
+def events_push(
+    key: str,
+    payload: str | None,
+    app_spec: str | None,
+    database_url: str | None,
+    schema: str | None,
+) -> None:
+    """Push event KEY with an optional JSON PAYLOAD (e.g. '{"approved": true}')."""
+    try:
+        value = None if payload is None else json.loads(payload)
+    except json.JSONDecodeError as exc:
+        raise click.UsageError(
+            f"PAYLOAD is not JSON ({exc}): quote it, e.g. '\"yes\"' or '{{}}'"
+        ) from None
+    app = resolve_app(app_spec, database_url, schema, migrate=True)
+    click.echo(f"event {app.push_event(key, value)} pushed")
 
 
 @main.group()
