@@ -73,7 +73,9 @@ class WorkerProcess:
         def found() -> str | None:
             return next((line for line in self.lines if text in line), None)
 
-        return wait_until(found, timeout, what=f"worker output {text!r}")
+        line = wait_until(found, timeout, what=f"worker output {text!r}")
+        assert line is not None
+        return line
 
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)

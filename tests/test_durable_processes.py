@@ -55,7 +55,7 @@ def demo_app(
     """durably.demo's App and ledger, moved to this test's schema."""
     app = durably.App(database_url, schema=schema)
     for task in demo.app.registry.values():
-        app.task(name=task.name, durable=task.durable)(task.fn)
+        (app.durable_task if task.durable else app.task)(name=task.name)(task.fn)
     app.migrate()
     monkeypatch.setattr(demo, "SCHEMA", schema)
     monkeypatch.setattr(demo, "app", app)
@@ -96,7 +96,7 @@ def test_demo_killed_at_each_point_pays_once_and_finishes(
 def durable_client(database_url: str, schema: str) -> durably.App:
     app = durably.App(database_url, schema=schema)
     for task in durable_app.app.registry.values():
-        app.task(name=task.name, durable=task.durable)(task.fn)
+        (app.durable_task if task.durable else app.task)(name=task.name)(task.fn)
     app.migrate()
     return app
 

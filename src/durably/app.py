@@ -11,13 +11,14 @@ import weakref
 from collections.abc import Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
+from typing_extensions import Unpack
+
 from .errors import ConfigurationError, UnknownTask
 from .notify import Listener, Waiters
 from .portal import Portal
-from .retry import Backoff
 from .serde import check_text, encode_result
 from .store import LATEST_VERSION, Store, check_schema_name, connect
-from .tasks import Run, RunHandle, Task
+from .tasks import Run, RunHandle, Task, TaskOptions
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -85,66 +86,43 @@ class App:
     def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
 
     @overload
-    def task(
-        self,
-        /,
-        *,
-        name: str | None = None,
-        queue: str = "default",
-        retries: int = 0,
-        backoff: Backoff | float | None = None,
-        timeout: float | None = None,
-        schedule_timeout: float | None = None,
-        priority: int = 0,
-        max_recoveries: int = 20,
-        durable: bool = False,
-    ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+    def task(self, /, **options: Unpack[TaskOptions]) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
         """Register a function (sync or async) as a task: ``@app.task`` or ``@app.task(retries=3)``.
 
-        Options: ``name`` (default ``module.qualname``), ``queue``, ``retries`` (extra attempts
-        after a failure), ``backoff`` (seconds or a :class:`Backoff`), ``timeout`` (seconds per
-        attempt), ``schedule_timeout`` (seconds to be picked up), ``priority`` (higher first),
-        ``max_recoveries`` (times a run may lose its worker before it fails).
+        Options (:class:`~durably.tasks.TaskOptions`): ``name`` (default ``module.qualname``),
+        ``queue``, ``retries`` (extra attempts after a failure), ``backoff`` (seconds or a
+        :class:`Backoff`), ``timeout`` (seconds per attempt), ``schedule_timeout`` (seconds to be
+        picked up), ``priority`` (higher first), ``max_recoveries`` (times a run may lose its
+        worker before it fails).
         """
-
-        def register(f: Callable[..., Any]) -> Task[Any, Any]:
-            task: Task[Any, Any] = Task(self, f, **options)
-            if task.name in self.registry and self.registry[task.name].fn is not f:
-                raise ConfigurationError(
-                    f"two tasks are named {task.name!r}: give one of them another name= "
-                )
-            self.registry[task.name] = task
-            return task
-
-        return register if fn is None else register(fn)
+        return self._register(fn, options, durable=False)
 
     @overload
     def durable_task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
 
     @overload
     def durable_task(
-        self,
-        /,
-        *,
-        name: str | None = None,
-        queue: str = "default",
-        retries: int = 0,
-        backoff: Backoff | float | None = None,
-        timeout: float | None = None,
-        schedule_timeout: float | None = None,
-        priority: int = 0,
-        max_recoveries: int = 20,
+        self, /, **options: Unpack[TaskOptions]
     ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
     def durable_task(self, fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
         """Register a durable task: ``async def f(ctx: DurableContext, ...)`` or
         ``def f(ctx: SyncDurableContext, ...)``. Same options as :meth:`task`. Its progress is
         checkpointed in its event log, and it runs in the workers' durable slot pool."""
-        register: Callable[[Callable[..., Any]], Task[Any, Any]] = self.task(
-            durable=True, **options
-        )
+        return self._register(fn, options, durable=True)
+
+    def _register(self, fn: Callable[..., Any] | None, options: Any, durable: bool) -> Any:
+        def register(f: Callable[..., Any]) -> Task[Any, Any]:
+            task: Task[Any, Any] = Task(self, f, durable=durable, **options)
+            if task.name in self.registry and self.registry[task.name].fn is not f:
+                raise ConfigurationError(
+                    f"two tasks are named {task.name!r}: give one of them another name="
+                )
+            self.registry[task.name] = task
+            return task
+
         return register if fn is None else register(fn)
 
     def get_task(self, name: str) -> Task[Any, Any]:

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, TypeVar
 
 import psycopg
 
@@ -25,6 +25,19 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
+
+
+class TaskOptions(TypedDict, total=False):
+    """Options of ``@app.task`` and ``@app.durable_task`` (see :class:`Task`)."""
+
+    name: str | None
+    queue: str
+    retries: int
+    backoff: Backoff | float | None
+    timeout: float | None
+    schedule_timeout: float | None
+    priority: int
+    max_recoveries: int
 
 
 @dataclass(frozen=True)
