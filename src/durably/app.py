@@ -139,12 +139,7 @@ class App:
 
     async def store(self) -> Store:
         """The Store of the running event loop, opened (and the schema migrated) on first use."""
-        loop = asyncio.get_running_loop()
-        opening = self._stores.get(loop)
-        if opening is None or (opening.done() and opening.exception() is not None):
-            opening = loop.create_task(self._open_store())
-            self._stores[loop] = opening
-        return await asyncio.shield(opening)
+        return await _per_loop(self._stores, self._open_store)
 
     async def _open_store(self) -> Store:
         url = await asyncio.to_thread(lambda: self.url)
@@ -156,12 +151,7 @@ class App:
 
     async def waiters(self) -> Waiters:
         """The result-waiters of the running loop, fed by a LISTENing connection."""
-        loop = asyncio.get_running_loop()
-        opening = self._waiters.get(loop)
-        if opening is None or (opening.done() and opening.exception() is not None):
-            opening = loop.create_task(self._open_waiters())
-            self._waiters[loop] = opening
-        return await asyncio.shield(opening)
+        return await _per_loop(self._waiters, self._open_waiters)
 
     async def _open_waiters(self) -> Waiters:
         store = await self.store()
@@ -360,6 +350,20 @@ class App:
             worker.stop_from_thread()
             thread.join()
             worker.raise_if_crashed()
+
+
+async def _per_loop(
+    cache: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[T]],
+    open_it: Callable[[], Coroutine[Any, Any, T]],
+) -> T:
+    """One resource per event loop (pools and connections belong to the loop that made them),
+    opened once even when many callers ask at the same time, and opened again after a failure."""
+    loop = asyncio.get_running_loop()
+    opening = cache.get(loop)
+    if opening is None or (opening.done() and opening.exception() is not None):
+        opening = loop.create_task(open_it())
+        cache[loop] = opening
+    return await asyncio.shield(opening)
 
 
 def _embedded_url() -> str:
