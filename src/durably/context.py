@@ -17,7 +17,6 @@ import asyncio
 import contextvars
 import hashlib
 import inspect
-import json
 import random as _random
 import traceback
 import uuid
@@ -85,7 +84,7 @@ def operation_key(kind: str, name: str, input_json: str) -> str:
 
 def canonical(value: Any) -> str:
     """Canonical JSON (sorted keys), so equal inputs give equal keys."""
-    return json.dumps(json.loads(dumps(value)), sort_keys=True, separators=(",", ":"))
+    return dumps(value, sort_keys=True)
 
 
 def _describe(kind: str, name: str, input_json: str) -> str:

@@ -32,11 +32,16 @@ def _default(value: Any) -> Any:
     raise TypeError(type(value).__name__)
 
 
-def dumps(value: Any) -> str:
+def dumps(value: Any, sort_keys: bool = False) -> str:
     """Encode ``value`` as compact JSON; raises TypeError or ValueError when it is not JSON
-    that Postgres can store."""
+    that Postgres can store. ``sort_keys`` gives the canonical form."""
     encoded = json.dumps(
-        value, default=_default, allow_nan=False, ensure_ascii=False, separators=(",", ":")
+        value,
+        default=_default,
+        allow_nan=False,
+        ensure_ascii=False,
+        separators=(",", ":"),
+        sort_keys=sort_keys,
     )
     problem = storable_problem(encoded)
     if problem:
