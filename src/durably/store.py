@@ -8,6 +8,7 @@ costs one round trip; statements that must commit together run in an explicit tr
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
@@ -26,6 +27,10 @@ from .errors import ConfigurationError, DatabaseUnavailable
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
 _PASSWORD = re.compile(r"(://[^:/@\s]*):[^@\s]*@")
 Row = tuple[Any, ...]
+# Never server-prepared, so always planned with their actual parameters. A cached generic plan
+# of `finish` joins the outcomes to runs with a nested loop over every RUNNING row of the worker
+# (estimated at 1 row): O(running x batch), about 60 ms for 500 outcomes instead of 6 ms.
+_CUSTOM_PLANS = frozenset({"finish"})
 
 
 def _read_sql(name: str) -> str:
@@ -177,7 +182,8 @@ class Store:
     ) -> psycopg.AsyncCursor[Any]:
         """Run one named statement on ``conn``; a missing table means an unmigrated schema."""
         try:
-            return await conn.execute(self._sql[name], params)
+            prepare = False if name in _CUSTOM_PLANS else None
+            return await conn.execute(self._sql[name], params, prepare=prepare)
         except psycopg.errors.UndefinedTable:
             raise self._not_migrated() from None
 
@@ -260,7 +266,11 @@ class Store:
         if conn is None:
             async with self.pool.connection() as own:
                 return await self.enqueue(runs, own)
-        cur = await self.execute(conn, "enqueue", self._enqueue_params(runs))
+        if len(runs) == 1:
+            params = {**dataclasses.asdict(runs[0]), "channel": self.channel}
+            cur = await self.execute(conn, "enqueue_one", params)
+        else:
+            cur = await self.execute(conn, "enqueue", self._enqueue_params(runs))
         inserted = await cur.fetchall()
         existing: dict[tuple[str, str], int] = {}
         for task, keys in _missing_keys(runs, inserted).items():

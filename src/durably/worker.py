@@ -135,6 +135,8 @@ class Worker:
         self.grace_period = grace_period
         self._running: dict[int, _Execution] = {}
         self._finished: list[Outcome] = []
+        # (run id, attempt) -> durable? of finished attempts whose outcome is not yet written.
+        self._recording: dict[tuple[int, int], bool] = {}
         self._stopping = False
         self._closing = False
         self.threads = _DaemonThreads()
@@ -298,11 +300,15 @@ class Worker:
         finally:
             if self._running.get(ex.run_id) is ex:
                 del self._running[ex.run_id]
-            self.busy[ex.task.durable] -= 1
-            self._wake.set()
             if outcome is not None and not ex.abandoned:
+                # The run is RUNNING, and keeps its slot, until its outcome is written: freeing
+                # the slot now would let the claim loop take runs faster than they are recorded.
+                self._recording[(ex.run_id, ex.attempt)] = ex.task.durable
                 self._finished.append(outcome)
                 self._flush_needed.set()
+            else:
+                self.busy[ex.task.durable] -= 1
+                self._wake.set()
 
     async def _attempt(self, ex: _Execution) -> Outcome | None:
         """Execute one attempt; its outcome, or None when there is nothing to record."""
@@ -401,6 +407,11 @@ class Worker:
                 await asyncio.sleep(delay)
                 continue
             del self._finished[: len(batch)]
+            for outcome in batch:
+                durable = self._recording.pop((outcome.run_id, outcome.attempt), None)
+                if durable is not None:
+                    self.busy[durable] -= 1
+            self._wake.set()  # the slots of this batch are free again
             for outcome in batch if failpoints.ENABLED else ():
                 failpoints.hit("after_finish", self._names.pop(outcome.run_id, ""))
             if len(written) < len(batch):
@@ -409,8 +420,6 @@ class Worker:
                     "outcomes of runs %s not recorded: their lease was lost (fenced)",
                     sorted(fenced),
                 )
-            if any(o.kind == "retry" for o in batch):
-                self._wake.set()
 
     async def _write(self, batch: list[Outcome]) -> list[Any]:
         try:

@@ -53,6 +53,20 @@ SELECT id, idempotency_key,
           FROM (SELECT DISTINCT queue FROM inserted) q) AS notified
 FROM inserted;
 
+-- name: enqueue_one
+-- `enqueue` of a single run with scalar parameters: no arrays to build, send and unnest.
+WITH inserted AS (
+    INSERT INTO {schema}.runs (task, queue, priority, args, max_retries, max_recoveries,
+                               run_at, schedule_deadline, idempotency_key, durable)
+    VALUES (%(task)s, %(queue)s, %(priority)s, %(args)s::jsonb, %(max_retries)s,
+            %(max_recoveries)s, now() + make_interval(secs => %(delay)s::float8),
+            now() + make_interval(secs => %(delay)s::float8 + %(schedule_timeout)s::float8),
+            %(idempotency_key)s, %(durable)s)
+    ON CONFLICT (task, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING id, queue, idempotency_key
+)
+SELECT id, idempotency_key, pg_notify(%(channel)s, 'q:' || queue) FROM inserted;
+
 -- name: existing_by_key
 SELECT idempotency_key, id FROM {schema}.runs
 WHERE task = %(task)s AND idempotency_key = ANY(%(keys)s::text[]);
@@ -67,15 +81,22 @@ WITH woken AS (
       AND queue = ANY(%(queues)s::text[]) AND task = ANY(%(tasks)s::text[])
     RETURNING id
 ), picked AS (
-    SELECT id FROM {schema}.runs
-    WHERE status = 'QUEUED'
-      AND queue = ANY(%(queues)s::text[])
-      AND task = ANY(%(tasks)s::text[])
-      AND run_at <= now()
-      AND (schedule_deadline IS NULL OR schedule_deadline > now())
-    ORDER BY priority DESC, id
+    -- One index scan per queue, in (priority DESC, id) order, stopping after `limit` rows:
+    -- with `queue = ANY(...)` Postgres reads and sorts every due queued run on every claim.
+    SELECT c.id FROM unnest(%(queues)s::text[]) AS q(name)
+    CROSS JOIN LATERAL (
+        SELECT id, priority FROM {schema}.runs
+        WHERE status = 'QUEUED'
+          AND queue = q.name
+          AND task = ANY(%(tasks)s::text[])
+          AND run_at <= now()
+          AND (schedule_deadline IS NULL OR schedule_deadline > now())
+        ORDER BY priority DESC, id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) c
+    ORDER BY c.priority DESC, c.id
     LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE {schema}.runs r
     SET status = 'RUNNING',
