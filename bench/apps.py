@@ -45,7 +45,7 @@ class BenchApp:
     noop: Task[[], Any]
     noop_sync: Task[[], Any]
     item: Task[[int], Any]
-    started: Task[[], float]
+    started: Task[[], Any]
 
     def task(self, name: str) -> Task[..., Any]:
         """A task by its short name (``noop``, ``noop_sync``, ``item``, ``started``)."""

@@ -96,12 +96,25 @@ class WorkerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> WorkerProcess:
-        env = {**os.environ, "DURABLY_DATABASE_URL": self.url, SCHEMA_ENV: self.schema,
-               "PYTHONPATH": str(ROOT)}
-        command = [sys.executable, "-m", "durably", "worker", "bench.apps:app",
-                   "--slots", str(self.slots)]
-        self.proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=self.log,
-                                     stderr=subprocess.STDOUT)
+        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+        env = {
+            **os.environ,
+            "DURABLY_DATABASE_URL": self.url,
+            SCHEMA_ENV: self.schema,
+            "PYTHONPATH": path,
+        }
+        command = [
+            sys.executable,
+            "-m",
+            "durably",
+            "worker",
+            "bench.apps:app",
+            "--slots",
+            str(self.slots),
+        ]
+        self.proc = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT
+        )
         return self
 
     def __exit__(self, *exc: object) -> None:

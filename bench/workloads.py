@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -44,13 +45,35 @@ def _drained(conn: psycopg.Connection[Any], schema: str, count: int, worker: Wor
 def _drain_seconds(conn: psycopg.Connection[Any], schema: str) -> float:
     """From the first claim to the last completion, on the database clock."""
     row = conn.execute(
-        f'SELECT EXTRACT(EPOCH FROM max(finished_at) - min(started_at))::float8 FROM "{schema}".runs'
+        "SELECT EXTRACT(EPOCH FROM max(finished_at) - min(started_at))::float8 "
+        f'FROM "{schema}".runs'
     ).fetchone()
     assert row is not None
     return float(row[0])
 
 
-def drain(url: str, task: str, slots: int, count: int) -> float:
+def _peak_running(conn: psycopg.Connection[Any], schema: str) -> int:
+    """The most runs that were RUNNING at once: claimed (started_at) and not yet recorded
+    (finished_at). A worker should never hold more than its slot count."""
+    row = conn.execute(f"""
+        SELECT max(n) FROM (
+            SELECT sum(d) OVER (ORDER BY t, d) AS n FROM (
+                SELECT started_at AS t, 1 AS d FROM "{schema}".runs
+                UNION ALL SELECT finished_at, -1 FROM "{schema}".runs) AS events) AS running
+    """).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@dataclass(frozen=True)
+class Drain:
+    """One drain: its throughput, and how many runs the worker held at most."""
+
+    rate: float
+    peak_running: int
+
+
+def drain(url: str, task: str, slots: int, count: int) -> Drain:
     """Tasks/s of one worker process with ``slots`` slots draining ``count`` queued runs."""
     with throwaway_schema(url) as schema:
         isolated(fill_queue, url, schema, task, count)
@@ -58,7 +81,7 @@ def drain(url: str, task: str, slots: int, count: int) -> float:
             timeout = 60 + count / 500
             wait_until(lambda: _drained(conn, schema, count, worker), timeout, 0.2, "the drain")
             worker.stop()
-            return count / _drain_seconds(conn, schema)
+            return Drain(count / _drain_seconds(conn, schema), _peak_running(conn, schema))
 
 
 # -- enqueue: one client inserting runs -----------------------------------------------------
