@@ -133,9 +133,14 @@ class Signature:
             hints = typing.get_type_hints(fn)
         except Exception:  # unresolvable annotations: pass values through as JSON
             hints = {}
+        self.skip_first = skip_first
         self.positional = [
             p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
         ]
+        # Positional calls with between `required` and len(positional) arguments are always
+        # valid when there is nothing else to match: checked without binding (a hot path).
+        simple = all(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
+        self._arity = (sum(p.default is p.empty for p in params), len(params)) if simple else None
         self.adapters: dict[str, pydantic.TypeAdapter[Any]] = {
             p.name: pydantic.TypeAdapter(hints[p.name])
             for p in params
@@ -143,6 +148,13 @@ class Signature:
         }
         ret = hints.get("return", Any)
         self.result_adapter = pydantic.TypeAdapter(ret) if _needs_rebuild(ret) else None
+
+    def check_call(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Raise TypeError when the function cannot be called with these arguments."""
+        if self._arity is not None and not kwargs and self._arity[0] <= len(args) <= self._arity[1]:
+            return
+        # A durable task's first parameter is its context, given by the worker.
+        self.signature.bind(*((None,) if self.skip_first else ()), *args, **kwargs)
 
     def decode_args(self, payload: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
         """Turn a stored ``{"args": [...], "kwargs": {...}}`` into call arguments."""

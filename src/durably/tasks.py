@@ -133,8 +133,7 @@ class Task(Generic[P, R]):
     def new_run(self, args: tuple[Any, ...], kwargs: dict[str, Any], opts: CallOptions) -> NewRun:
         """Check and encode one call into a row to insert."""
         try:
-            # A durable task's first parameter is its context, given by the worker.
-            self.signature.signature.bind(*((None,) if self.durable else ()), *args, **kwargs)
+            self.signature.check_call(args, kwargs)
         except TypeError as exc:
             raise TypeError(f"{self.name}: {exc}") from None
         if opts.delay < 0:
