@@ -150,6 +150,10 @@ class Store:
             name: q.replace("{schema}", f'"{schema}"').replace("{channel}", f'"{self.channel}"')
             for name, q in _QUERIES.items()
         }
+        # The claim has two forms: a single queue is read in index order directly.
+        claim = self._sql.pop("claim")
+        self._sql["claim_one_queue"] = claim.replace("{pick}", self._sql["claim_pick_one_queue"])
+        self._sql["claim_queues"] = claim.replace("{pick}", self._sql["claim_pick_queues"])
 
     @classmethod
     async def open(cls, url: str, schema: str, max_size: int = 10) -> Store:
@@ -337,7 +341,8 @@ class Store:
             "limit": limit,
             "lease": lease,
         }
-        return await self.fetch("claim", params)
+        name = "claim_one_queue" if len(queues) == 1 else "claim_queues"
+        return await self.fetch(name, params)
 
     async def next_due(self, queues: list[str], tasks: list[str]) -> float | None:
         """Seconds until the earliest queued run of these queues and tasks is due."""

@@ -81,22 +81,7 @@ WITH woken AS (
       AND queue = ANY(%(queues)s::text[]) AND task = ANY(%(tasks)s::text[])
     RETURNING id
 ), picked AS (
-    -- One index scan per queue, in (priority DESC, id) order, stopping after `limit` rows:
-    -- with `queue = ANY(...)` Postgres reads and sorts every due queued run on every claim.
-    SELECT c.id FROM unnest(%(queues)s::text[]) AS q(name)
-    CROSS JOIN LATERAL (
-        SELECT id, priority FROM {schema}.runs
-        WHERE status = 'QUEUED'
-          AND queue = q.name
-          AND task = ANY(%(tasks)s::text[])
-          AND run_at <= now()
-          AND (schedule_deadline IS NULL OR schedule_deadline > now())
-        ORDER BY priority DESC, id
-        LIMIT %(limit)s
-        FOR UPDATE SKIP LOCKED
-    ) c
-    ORDER BY c.priority DESC, c.id
-    LIMIT %(limit)s
+    {pick}
 ), claimed AS (
     UPDATE {schema}.runs r
     SET status = 'RUNNING',
@@ -113,6 +98,36 @@ SELECT c.id, c.task, c.args, c.attempt, c.failures, c.max_retries,
 FROM claimed c
 UNION ALL
 SELECT id, NULL, NULL, NULL, NULL, NULL, NULL FROM woken;
+
+-- name: claim_pick_one_queue
+-- The `picked` part of `claim` for a worker serving one queue: one ordered index scan.
+SELECT id FROM {schema}.runs
+    WHERE status = 'QUEUED'
+      AND queue = (%(queues)s::text[])[1]
+      AND task = ANY(%(tasks)s::text[])
+      AND run_at <= now()
+      AND (schedule_deadline IS NULL OR schedule_deadline > now())
+    ORDER BY priority DESC, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+
+-- name: claim_pick_queues
+-- The `picked` part of `claim` for several queues: one ordered, limited index scan per queue
+-- (with `queue = ANY(...)` Postgres would read and sort every due queued run on every claim).
+SELECT c.id FROM unnest(%(queues)s::text[]) AS q(name)
+    CROSS JOIN LATERAL (
+        SELECT id, priority FROM {schema}.runs
+        WHERE status = 'QUEUED'
+          AND queue = q.name
+          AND task = ANY(%(tasks)s::text[])
+          AND run_at <= now()
+          AND (schedule_deadline IS NULL OR schedule_deadline > now())
+        ORDER BY priority DESC, id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) c
+    ORDER BY c.priority DESC, c.id
+    LIMIT %(limit)s
 
 -- name: next_due
 -- Seconds until the next delayed run or durable timer of these queues and tasks is due.
