@@ -18,7 +18,6 @@ import contextvars
 import hashlib
 import inspect
 import random as _random
-import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import ChildFailed, NonDeterminismError, StepFailed
-from .serde import dumps
+from .serde import dumps, error_dict
 
 if TYPE_CHECKING:
     from .durable import DurableRun
@@ -193,7 +192,7 @@ class DurableContext:
                 return await asyncio.to_thread(ctx.run, fn, *args), None
             except Exception as exc:
                 if attempt == retries:
-                    return None, _error_dict(exc)
+                    return None, error_dict(exc)
                 await asyncio.sleep(min(0.5 * 2**attempt, 30.0))
         raise AssertionError("unreachable")
 
@@ -324,14 +323,6 @@ def _replayed(entry: Entry) -> Any:
             raise TimeoutError(err.get("message", "timed out"))
         raise StepFailed(f"step {entry.name!r} failed: {err.get('type')}: {err.get('message')}")
     return entry.result
-
-
-def _error_dict(exc: BaseException) -> dict[str, Any]:
-    return {
-        "type": f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins."),
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(exc)),
-    }
 
 
 class SyncDurableContext:

@@ -11,6 +11,7 @@ import dataclasses
 import inspect
 import json
 import re
+import traceback
 import types
 import typing
 from collections.abc import Callable
@@ -187,3 +188,31 @@ def _needs_rebuild(hint: Any) -> bool:
     if typing.get_origin(hint) in (dict, list, typing.Union, types.UnionType):
         return any(_needs_rebuild(arg) for arg in typing.get_args(hint))
     return True
+
+
+def error_dict(exc: BaseException) -> dict[str, Any]:
+    """The stored form of an error (type, message, traceback); never raises, whatever the
+    exception holds, and escapes what Postgres cannot store."""
+    try:
+        message = str(exc)
+    except Exception:
+        message = f"<unprintable {type(exc).__name__}>"
+    try:
+        tb: str | None = "".join(traceback.format_exception(exc))
+    except Exception:
+        tb = None
+    return {
+        "type": f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins."),
+        "message": _storable(message),
+        "traceback": None if tb is None else _storable(tb),
+    }
+
+
+def error_json(exc: BaseException) -> str:
+    """:func:`error_dict` as JSON."""
+    return dumps(error_dict(exc))
+
+
+def _storable(text: str) -> str:
+    # Postgres text cannot hold NUL, and UTF-8 cannot hold lone surrogates: escape both.
+    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import functools
 import logging
 import os
@@ -21,12 +20,8 @@ import signal
 import socket
 import threading
 import time
-import traceback
 import uuid
-from collections.abc import Callable
-from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
-from queue import SimpleQueue
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -44,8 +39,9 @@ from .errors import (
     NotSerializable,
 )
 from .notify import Listener, Waiters
-from .serde import dumps, encode_result
+from .serde import encode_result, error_json
 from .store import LATEST_VERSION, Outcome, Store
+from .threads import DaemonThreads
 
 if TYPE_CHECKING:
     from .app import App
@@ -139,7 +135,7 @@ class Worker:
         self._recording: dict[tuple[int, int], bool] = {}
         self._stopping = False
         self._closing = False
-        self.threads = _DaemonThreads()
+        self.threads = DaemonThreads()
         self._started = threading.Event()
         self._crash: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -296,7 +292,7 @@ class Worker:
             outcome = await self._attempt(ex)
         except Exception as exc:  # a fault of the worker itself must still end the attempt
             log.exception("run %s: recording the attempt failed", ex.run_id)
-            outcome = Outcome(ex.run_id, ex.attempt, "fail", error=_error_json(exc))
+            outcome = Outcome(ex.run_id, ex.attempt, "fail", error=error_json(exc))
         finally:
             if self._running.get(ex.run_id) is ex:
                 del self._running[ex.run_id]
@@ -352,7 +348,7 @@ class Worker:
             return self._failure(ex, exc)
 
     def _failure(self, ex: _Execution, exc: BaseException) -> Outcome:
-        error = _error_json(exc)
+        error = error_json(exc)
         final = (
             isinstance(exc, NonRetryableError | NotSerializable | NonDeterminismError)
             or ex.failures >= ex.max_retries
@@ -439,7 +435,7 @@ class Worker:
                     log.error("run %s: its outcome cannot be stored (%s)", outcome.run_id, exc)
                     problem = NotSerializable(f"the outcome could not be stored: {exc}")
                     fallback = Outcome(
-                        outcome.run_id, outcome.attempt, "fail", error=_error_json(problem)
+                        outcome.run_id, outcome.attempt, "fail", error=error_json(problem)
                     )
                     written += await self.store.finish(self.id, [fallback])
             return written
@@ -514,61 +510,3 @@ class Worker:
                 "stopped before %d outcomes were recorded; their runs will be recovered",
                 len(self._finished),
             )
-
-
-def _error_json(exc: BaseException) -> str:
-    """The stored form of an error; never raises, whatever the exception holds."""
-    try:
-        message = str(exc)
-    except Exception:
-        message = f"<unprintable {type(exc).__name__}>"
-    try:
-        tb: str | None = "".join(traceback.format_exception(exc))
-    except Exception:
-        tb = None
-    error = {
-        "type": f"{type(exc).__module__}.{type(exc).__qualname__}".removeprefix("builtins."),
-        "message": _storable(message),
-        "traceback": None if tb is None else _storable(tb),
-    }
-    return dumps(error)
-
-
-def _storable(text: str) -> str:
-    # Postgres text cannot hold NUL, and UTF-8 cannot hold lone surrogates: escape both.
-    return text.replace("\x00", "\\x00").encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-class _DaemonThreads(Executor):
-    """Runs sync tasks on daemon threads, created as needed and reused. Unlike the standard
-    pool, a sync task that never returns cannot keep the process from exiting."""
-
-    def __init__(self) -> None:
-        self._jobs: SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = SimpleQueue()
-        self._idle = 0
-        self._lock = threading.Lock()
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        future: Future[Any] = Future()
-        context = contextvars.copy_context()  # the caller's context vars (current run id)
-        self._jobs.put((future, functools.partial(context.run, fn, *args, **kwargs)))
-        with self._lock:
-            if self._idle > 0:
-                self._idle -= 1
-            else:
-                threading.Thread(target=self._serve, name="durably-task", daemon=True).start()
-        return future
-
-    def _serve(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            future, call = job
-            if future.set_running_or_notify_cancel():
-                try:
-                    future.set_result(call())
-                except BaseException as exc:  # a task's SystemExit must not end this thread
-                    future.set_exception(exc)
-            with self._lock:
-                self._idle += 1
