@@ -383,3 +383,20 @@ def test_parent_and_children_never_starve_each_other(app: durably.App) -> None:
         handles = fan_out.enqueue_many([(5,), (5,), (5,)])
         assert [h.result(timeout=30) for h in handles] == [10, 10, 10]
     assert time.monotonic() - started < 30
+
+
+def test_sync_durable_task_waits_for_events_and_records_values(app: durably.App) -> None:
+    seen: list[tuple[str, float, str]] = []
+
+    @app.durable_task(name="sync_waiter")
+    def sync_waiter(ctx: durably.SyncDurableContext) -> Any:
+        seen.append((ctx.now().isoformat(), ctx.random(), str(ctx.uuid4())))
+        return ctx.wait_for_event("sync:go")
+
+    with app.worker(durable_slots=1, evict_after=0.1):
+        handle = sync_waiter.enqueue()
+        wait_until(lambda: handle.status() == "WAITING", what="suspended in a sync wait")
+        app.push_event("sync:go", {"ok": True})
+        assert handle.result(timeout=20) == {"ok": True}
+    # The suspended run was executed again from the top: the same recorded values both times.
+    assert len(seen) == 2 and len(set(seen)) == 1
