@@ -312,6 +312,16 @@ def test_worker_with_a_bad_app_spec_exits_2(spec: str, expected: str) -> None:
     assert "Traceback" not in result.output
 
 
+def test_worker_options_reach_the_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(durably.App, "run_worker", lambda self, **options: seen.update(options))
+    args = ["worker", "tests.apps.queue_app:app", "--slots", "3", "--durable-slots", "7"]
+    result = CliRunner().invoke(main, [*args, "--evict-after", "0.5", "--queue", "q1"])
+    assert result.exit_code == 0, result.output
+    assert seen["slots"] == 3 and seen["durable_slots"] == 7 and seen["evict_after"] == 0.5
+    assert seen["queues"] == ["q1"]
+
+
 def test_worker_with_a_bad_app_spec_in_a_real_process() -> None:
     done = run_module("worker", "nocolon")
     assert done.returncode == 2

@@ -87,6 +87,31 @@ def test_delay_is_respected(app: durably.App, db: psycopg.Connection[Any], schem
     assert 1.0 <= float(row[0]) < 3.0
 
 
+def test_delayed_run_is_not_held_up_by_a_busy_worker(
+    app: durably.App, db: psycopg.Connection[Any], schema: str
+) -> None:
+    @app.task(name="slow")
+    async def slow() -> None:
+        await asyncio.sleep(4)
+
+    @app.task(name="later")
+    def later() -> str:
+        return "ran"
+
+    with app.worker(slots=4, poll_interval=0.5):
+        handle = later.options(delay=0.5).enqueue()
+        time.sleep(0.1)  # the worker saw `later`, not due yet, and sleeps until it is due...
+        slow.enqueue()  # ...when a claim takes `slow`: the worker is busy, with free slots
+        assert handle.result(timeout=10) == "ran"
+    row = db.execute(
+        f'SELECT EXTRACT(EPOCH FROM started_at - created_at) FROM "{schema}".runs WHERE id = %s',
+        (handle.id,),
+    ).fetchone()
+    assert row is not None
+    # Started once due (within a poll interval), not when `slow` ended 4 s later.
+    assert 0.5 <= float(row[0]) < 2.0
+
+
 def test_retries_with_constant_backoff(app: durably.App) -> None:
     starts: list[float] = []
 

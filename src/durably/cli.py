@@ -125,6 +125,18 @@ def main(verbose: int) -> None:
     "--slots", default=10, show_default=True, help="Runs executing at once in this process."
 )
 @click.option(
+    "--durable-slots",
+    default=100,
+    show_default=True,
+    help="Durable runs executing at once in this process (a pool of their own).",
+)
+@click.option(
+    "--evict-after",
+    default=5.0,
+    show_default=True,
+    help="Seconds a waiting durable run keeps its slot before it is suspended.",
+)
+@click.option(
     "--queue",
     "queues",
     multiple=True,
@@ -143,6 +155,8 @@ def main(verbose: int) -> None:
 def worker(
     app_spec: str,
     slots: int,
+    durable_slots: int,
+    evict_after: float,
     queues: tuple[str, ...],
     poll_interval: float,
     lease: float,
@@ -154,6 +168,8 @@ def worker(
         logging.getLogger("durably").setLevel(logging.INFO)
     app.run_worker(
         slots=slots,
+        durable_slots=durable_slots,
+        evict_after=evict_after,
         queues=list(queues) or None,
         poll_interval=poll_interval,
         lease=lease,

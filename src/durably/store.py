@@ -154,6 +154,10 @@ class Store:
         claim = self._sql.pop("claim")
         self._sql["claim_one_queue"] = claim.replace("{pick}", self._sql["claim_pick_one_queue"])
         self._sql["claim_queues"] = claim.replace("{pick}", self._sql["claim_pick_queues"])
+        # So has `finish`: a batch of outcomes in arrays, or one outcome in scalars.
+        finish = self._sql.pop("finish")
+        self._sql["finish"] = finish.replace("{outcomes}", self._sql["finish_outcomes_many"])
+        self._sql["finish_one"] = finish.replace("{outcomes}", self._sql["finish_outcomes_one"])
 
     @classmethod
     async def open(cls, url: str, schema: str, max_size: int = 10) -> Store:
@@ -351,6 +355,21 @@ class Store:
 
     async def finish(self, worker_id: str, outcomes: Sequence[Outcome]) -> list[Row]:
         """Record many attempts' outcomes in one fenced statement; returns the rows written."""
+        if len(outcomes) == 1:
+            (one,) = outcomes
+            return await self.fetch(
+                "finish_one",
+                {
+                    "worker_id": worker_id,
+                    "channel": self.channel,
+                    "id": one.run_id,
+                    "attempt": one.attempt,
+                    "outcome": one.kind,
+                    "result": one.result,
+                    "error": one.error,
+                    "delay": one.delay,
+                },
+            )
         params = {
             "worker_id": worker_id,
             "channel": self.channel,

@@ -121,6 +121,9 @@ class Worker:
             for kind, cap in ((False, slots), (True, durable_slots))
         }
         self.busy = {False: 0, True: 0}
+        # Per pool: did its last claim take every free slot (or find none free)? Then due runs
+        # may have been left behind, and a slot freed must claim again at once.
+        self._left_behind = {False: False, True: False}
         self.waiters = Waiters()
         self._names: dict[int, str] = {}  # run id -> task name, kept only for failpoints
         self.poll_interval = poll_interval
@@ -239,13 +242,13 @@ class Worker:
         failures = 0
         while not self._stopping:
             self._wake.clear()
-            timeout: float | None = None
+            timeout = self.poll_interval  # the fallback, should a notification be lost
             try:
                 again, idle = await self._claim_pools()
                 failures = 0
                 if again:
                     continue  # a pool filled up or timers woke runs: there may be more
-                if idle:
+                if idle and not self._wake.is_set():  # woken meanwhile: claim again at once
                     timeout = await self._idle_wait()
             except _DB_ERRORS as exc:
                 failures += 1
@@ -261,11 +264,13 @@ class Worker:
             free = capacity - self.busy[durable]
             if not names or free <= 0:
                 idle = False if names else idle
+                self._left_behind[durable] = bool(names)
                 continue
             rows = await self.store.claim(self.id, self.queues, names, free, self.lease)
             claimed = [row for row in rows if row[1] is not None]
             for row in claimed:
                 self._start(row)
+            self._left_behind[durable] = len(claimed) == free
             again = again or len(claimed) == free or len(claimed) < len(rows)
             idle = idle and not claimed
         return again, idle
@@ -403,11 +408,17 @@ class Worker:
                 await asyncio.sleep(delay)
                 continue
             del self._finished[: len(batch)]
+            freed = set()
             for outcome in batch:
                 durable = self._recording.pop((outcome.run_id, outcome.attempt), None)
                 if durable is not None:
                     self.busy[durable] -= 1
-            self._wake.set()  # the slots of this batch are free again
+                    freed.add(durable)
+            # Claim again now only if a claim can find something: runs a full claim left behind,
+            # or runs this batch queued again for a retry (no notification announces those). A
+            # claim that finds nothing would only slow down the runs executing meanwhile.
+            if any(self._left_behind[d] for d in freed) or any(o.kind == "retry" for o in batch):
+                self._wake.set()
             for outcome in batch if failpoints.ENABLED else ():
                 failpoints.hit("after_finish", self._names.pop(outcome.run_id, ""))
             if len(written) < len(batch):

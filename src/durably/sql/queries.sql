@@ -143,10 +143,7 @@ SELECT EXTRACT(EPOCH FROM LEAST(
 -- Outcomes: 'ok' completes, 'retry' re-queues after `delay` seconds, 'fail' fails for good.
 -- Fenced: only the attempt this worker holds, still RUNNING, is written.
 WITH outcome AS (
-    SELECT * FROM unnest(
-        %(ids)s::bigint[], %(attempts)s::integer[], %(outcomes)s::text[], %(results)s::text[],
-        %(errors)s::text[], %(delays)s::float8[]
-    ) AS t(id, attempt, outcome, result, error, delay)
+    {outcomes}
 ), written AS (
     UPDATE {schema}.runs r
     SET status = CASE o.outcome WHEN 'ok' THEN 'COMPLETED' WHEN 'retry' THEN 'QUEUED' ELSE 'FAILED' END,
@@ -181,6 +178,19 @@ SELECT id, status,
        (SELECT count(pg_notify(%(channel)s, 'q:' || q.queue))
           FROM (SELECT DISTINCT queue FROM parents) q) AS woken
 FROM written;
+
+-- name: finish_outcomes_many
+-- The `outcome` part of `finish` for a batch: arrays, unnested.
+SELECT * FROM unnest(
+        %(ids)s::bigint[], %(attempts)s::integer[], %(outcomes)s::text[], %(results)s::text[],
+        %(errors)s::text[], %(delays)s::float8[]
+    ) AS t(id, attempt, outcome, result, error, delay)
+
+-- name: finish_outcomes_one
+-- The `outcome` part of `finish` for one outcome, the common case when runs end one at a time:
+-- scalar parameters, so its plan is cached and finds the run by primary key.
+SELECT %(id)s::bigint AS id, %(attempt)s::integer AS attempt, %(outcome)s::text AS outcome,
+           %(result)s::text AS result, %(error)s::text AS error, %(delay)s::float8 AS delay
 
 -- name: worker_register
 INSERT INTO {schema}.workers (id, lock_id, hostname, pid, queues, tasks, slots)
