@@ -1,4 +1,4 @@
-"""The durably App and tasks the queue benchmark uses, in the client and in worker processes.
+"""The durably App and tasks the benchmarks use, in the client and in worker processes.
 
 Worker processes load ``bench.apps:app``: its schema comes from ``DURABLY_BENCH_SCHEMA`` and its
 database from ``DURABLY_DATABASE_URL`` / ``DATABASE_URL`` (else durably's embedded server). The
@@ -9,7 +9,9 @@ enqueued by one process is found in the registry of another.
 from __future__ import annotations
 
 import os
+import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +39,54 @@ async def started() -> float:
     return time.time()
 
 
+def inc(value: int) -> int:
+    """The trivial function that durable workflows call as a checkpointed step."""
+    return value + 1
+
+
+async def three_steps(ctx: durably.DurableContext, start: int) -> int:
+    """A 3-step durable workflow: three checkpointed calls of :func:`inc`."""
+    a = await ctx.step(inc, start)
+    b = await ctx.step(inc, a)
+    return int(await ctx.step(inc, b))
+
+
+async def steps(ctx: durably.DurableContext, count: int) -> int:
+    """A durable workflow of ``count`` checkpointed steps (the per-step overhead workload)."""
+    value = 0
+    for _ in range(count):
+        value = await ctx.step(inc, value)
+    return value
+
+
+# Step bodies executed in this process, by run id: how the resume workload proves that a run
+# re-executed against its log returned the recorded results instead of calling the steps again.
+_executed: Counter[int] = Counter()
+_executed_lock = threading.Lock()
+
+
+def counted_inc(value: int) -> int:
+    """:func:`inc`, counting its executions for the run that calls it (step bodies of sync
+    functions run on a thread that carries the run's context)."""
+    run_id = durably.current_run_id()
+    if run_id is None:
+        raise RuntimeError("counted_inc runs only as a step of a durable run")
+    with _executed_lock:
+        _executed[run_id] += 1
+    return value + 1
+
+
+async def replayable(ctx: durably.DurableContext, count: int) -> int:
+    """``count`` checkpointed steps; returns how many step bodies this execution ran: ``count``
+    when it recorded them, 0 when it re-executed against a log that already held them all."""
+    for i in range(count):
+        value = await ctx.step(counted_inc, i)
+        if value != i + 1:
+            raise AssertionError(f"step {i} returned {value}, expected {i + 1}")
+    with _executed_lock:
+        return _executed.pop(ctx.run_id, 0)
+
+
 @dataclass(frozen=True)
 class BenchApp:
     """An App on one schema with the benchmark's tasks registered."""
@@ -46,9 +96,13 @@ class BenchApp:
     noop_sync: Task[[], Any]
     item: Task[[int], Any]
     started: Task[[], Any]
+    three_steps: Task[[durably.DurableContext, int], Any]
+    steps: Task[[durably.DurableContext, int], Any]
+    replayable: Task[[durably.DurableContext, int], Any]
 
     def task(self, name: str) -> Task[..., Any]:
-        """A task by its short name (``noop``, ``noop_sync``, ``item``, ``started``)."""
+        """A task by its short name (``noop``, ``noop_sync``, ``item``, ``started``,
+        ``three_steps``, ``steps``, ``replayable``)."""
         task: Task[..., Any] = getattr(self, name)
         return task
 
@@ -62,6 +116,9 @@ def build(schema: str, url: str | None = None) -> BenchApp:
         noop_sync=app.task(name="bench.noop_sync")(noop_sync),
         item=app.task(name="bench.item")(item),
         started=app.task(name="bench.started")(started),
+        three_steps=app.durable_task(name="bench.three_steps")(three_steps),
+        steps=app.durable_task(name="bench.steps")(steps),
+        replayable=app.durable_task(name="bench.replayable")(replayable),
     )
 
 

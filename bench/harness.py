@@ -84,12 +84,14 @@ def wait_until(condition: Callable[[], T], timeout: float, interval: float, what
 
 
 class WorkerProcess:
-    """``python -m durably worker bench.apps:app`` on one schema, as a context manager."""
+    """``python -m durably worker bench.apps:app`` on one schema, as a context manager.
+    ``durable_slots``, when given, sets the worker's pool of durable slots (else its default)."""
 
-    def __init__(self, url: str, schema: str, slots: int) -> None:
+    def __init__(self, url: str, schema: str, slots: int, durable_slots: int | None = None) -> None:
         self.url = url
         self.schema = schema
         self.slots = slots
+        self.durable_slots = durable_slots
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in __exit__
             prefix=f"durably-{schema}-", suffix=".log", delete=False
         )
@@ -112,6 +114,8 @@ class WorkerProcess:
             "--slots",
             str(self.slots),
         ]
+        if self.durable_slots is not None:
+            command += ["--durable-slots", str(self.durable_slots)]
         self.proc = subprocess.Popen(
             command, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -69,7 +70,7 @@ def test_stale_attempt_writes_nothing(app: durably.App, db: psycopg.Connection[A
     assert (run.status, run.result, run.attempt, run.recoveries) == ("COMPLETED", "fresh", 2, 1)
 
 
-def test_recoveries_are_capped(make_app: Any) -> None:
+def test_recoveries_are_capped(make_app: Callable[..., durably.App]) -> None:
     app = make_app()
 
     @app.task(name="kills_worker", max_recoveries=2)
