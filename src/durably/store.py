@@ -429,8 +429,10 @@ class Store:
     ) -> psycopg.AsyncConnection[Any]:
         """Open the worker's own connection, take its liveness lock on it, record the worker and
         LISTEN. The lock is taken before the row exists, so no sweeper can see a live worker
-        without its lock; Postgres releases the lock the moment the worker's session ends."""
-        conn = await connect(self.url)
+        without its lock; Postgres releases the lock the moment the worker's session ends.
+        Called again when that connection is lost. The connection is named after the worker
+        in pg_stat_activity."""
+        conn = await connect(self.url, application_name=f"durably worker {worker_id}")
         cur = await conn.execute(self._sql["worker_next_lock_id"])
         row = await cur.fetchone()
         assert row is not None

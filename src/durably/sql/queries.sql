@@ -193,8 +193,12 @@ SELECT %(id)s::bigint AS id, %(attempt)s::integer AS attempt, %(outcome)s::text 
            %(result)s::text AS result, %(error)s::text AS error, %(delay)s::float8 AS delay
 
 -- name: worker_register
+-- Also when the worker reconnects: its row then points at the lock it holds now, and it is
+-- alive again even if a sweeper marked it dead meanwhile.
 INSERT INTO {schema}.workers (id, lock_id, hostname, pid, queues, tasks, slots)
-VALUES (%(worker_id)s, %(lock_id)s, %(hostname)s, %(pid)s, %(queues)s, %(tasks)s, %(slots)s);
+VALUES (%(worker_id)s, %(lock_id)s, %(hostname)s, %(pid)s, %(queues)s, %(tasks)s, %(slots)s)
+ON CONFLICT (id) DO UPDATE
+SET lock_id = EXCLUDED.lock_id, heartbeat_at = now(), stopped_at = NULL;
 
 -- name: worker_next_lock_id
 SELECT nextval('{schema}.worker_lock_ids')::integer;
