@@ -29,3 +29,4 @@ lint: install
 
 bench: install
 	$(BIN)/python -m bench.queue
+	$(BIN)/python -m bench.durable
