@@ -180,7 +180,7 @@ def worker(
 @main.command()
 @friendly_errors
 def demo() -> None:
-    """Run the demo on the embedded (or configured) database."""
+    """Kill a worker mid-workflow and watch another resume it (the guide's order demo)."""
     from .demo import run_demo
 
     run_demo()
