@@ -19,7 +19,7 @@ import json
 import time
 
 from bench import durable_workloads as work
-from bench.harness import database_url
+from bench.harness import database_url, int_list
 from bench.queue import Row
 from durably.store import describe_url
 
@@ -44,19 +44,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+WIDE = {"width": 44, "digits": 3}  # how a figure is shown as it arrives
+
+
 def _slots(args: argparse.Namespace) -> work.Slots:
     return work.Slots(args.slots, args.durable_slots)
-
-
-def _ints(text: str) -> list[int]:
-    return [int(s) for s in text.split(",") if s.strip()]
-
-
-def _record(row: Row, value: float, run: int) -> None:
-    row.values.append(value)
-    print(
-        f"  run {run + 1}: {row.name:<44} {value:>10,.3f} {row.unit}", file=sys.stderr, flush=True
-    )
 
 
 def workflow_rows(args: argparse.Namespace, url: str) -> list[Row]:
@@ -67,13 +59,13 @@ def workflow_rows(args: argparse.Namespace, url: str) -> list[Row]:
     concurrent = Row(f"3-step workflow, {args.in_flight} in flight", "wf/s")
     for run in range(args.runs):
         for row, in_flight in ((sequential, 1), (concurrent, args.in_flight)):
-            _record(row, work.workflows(url, _slots(args), args.workflows, in_flight), run)
+            row.record(work.workflows(url, _slots(args), args.workflows, in_flight), run, **WIDE)
     return [sequential, concurrent]
 
 
 def step_rows(args: argparse.Namespace, url: str) -> list[Row]:
     """Cost of one checkpointed step: the slope of workflow duration against its step count."""
-    counts = _ints(args.step_counts)
+    counts = int_list(args.step_counts)
     per_step = Row(
         "per checkpointed step (slope, in worker)",
         "ms",
@@ -85,16 +77,16 @@ def step_rows(args: argparse.Namespace, url: str) -> list[Row]:
     for run in range(args.runs):
         worker, wall = work.step_durations(url, _slots(args), counts, args.per_count)
         for n, seconds in worker.items():
-            _record(durations[n], seconds * 1000, run)
-        _record(per_step, work.slope(worker) * 1000, run)
-        _record(end_to_end, work.slope(wall) * 1000, run)
+            durations[n].record(seconds * 1000, run, **WIDE)
+        per_step.record(work.slope(worker) * 1000, run, **WIDE)
+        end_to_end.record(work.slope(wall) * 1000, run, **WIDE)
     return [per_step, end_to_end, *durations.values()]
 
 
 def resume_rows(args: argparse.Namespace, url: str) -> list[Row]:
     """Re-execution against logs of N recorded steps, minus the same with an empty log, per
     recorded event; the longest log is held to the target."""
-    sizes = [n for n in _ints(args.sizes) if n > 0]  # 0, the empty log, is always measured
+    sizes = [n for n in int_list(args.sizes) if n > 0]  # 0, the empty log, is always measured
     base = Row("  re-execution, empty log", "ms")
     totals = {n: Row(f"  re-execution, log of {n:,} steps", "ms") for n in sizes}
     per_event = {n: Row(f"resume per recorded event, log of {n:,}", "us") for n in sizes}
@@ -102,10 +94,10 @@ def resume_rows(args: argparse.Namespace, url: str) -> list[Row]:
     longest.target, longest.meets = "<= 50", lambda v: v <= 50
     for run in range(args.runs):
         seconds = work.resume_durations(url, _slots(args), [0, *sizes], args.repeats)
-        _record(base, seconds[0] * 1000, run)
+        base.record(seconds[0] * 1000, run, **WIDE)
         for n in sizes:
-            _record(totals[n], seconds[n] * 1000, run)
-            _record(per_event[n], (seconds[n] - seconds[0]) / n * 1e6, run)
+            totals[n].record(seconds[n] * 1000, run, **WIDE)
+            per_event[n].record((seconds[n] - seconds[0]) / n * 1e6, run, **WIDE)
     return [*per_event.values(), base, *totals.values()]
 
 

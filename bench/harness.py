@@ -34,6 +34,11 @@ def database_url() -> str:
     return durably.App(schema="durably_bench").url
 
 
+def int_list(text: str) -> list[int]:
+    """``"50,100,200"`` -> ``[50, 100, 200]`` (command-line lists)."""
+    return [int(s) for s in text.split(",") if s.strip()]
+
+
 def new_schema_name() -> str:
     """A fresh schema name, so every measurement starts from empty tables."""
     return f"bench_{uuid.uuid4().hex[:12]}"

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from bench import workloads
 from bench.floor import pickup_floor
-from bench.harness import database_url, median, percentile
+from bench.harness import database_url, int_list, median, percentile
 from durably.store import describe_url
 
 WORKLOADS = ("drain", "drain-sync", "enqueue", "batch", "pickup", "floor")
@@ -50,6 +50,12 @@ class Row:
             return ""
         return "met" if self.meets(self.median) else "MISSED"
 
+    def record(self, value: float, run: int, width: int = 36, digits: int = 1) -> None:
+        """Keep one run's figure and show it on stderr as it arrives."""
+        self.values.append(value)
+        line = f"  run {run + 1}: {self.name:<{width}} {value:>10,.{digits}f} {self.unit}"
+        print(line, file=sys.stderr, flush=True)
+
     def peak(self) -> str:
         """The highest count of runs RUNNING at once over the runs (drains only)."""
         return f"{max(self.peaks):,}" if self.peaks else ""
@@ -73,17 +79,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _slot_counts(text: str) -> list[int]:
-    return [int(s) for s in text.split(",") if s.strip()]
-
-
-def _record(row: Row, value: float, run: int) -> None:
-    row.values.append(value)
-    print(
-        f"  run {run + 1}: {row.name:<36} {value:>10,.1f} {row.unit}", file=sys.stderr, flush=True
-    )
-
-
 def drain_rows(args: argparse.Namespace, url: str, task: str, slot_counts: list[int]) -> list[Row]:
     """The drain at each slot count; the best slot count is held to the target."""
     kind = "async" if task == "noop" else "sync"
@@ -92,7 +87,7 @@ def drain_rows(args: argparse.Namespace, url: str, task: str, slot_counts: list[
         for slots, row in rows.items():
             result = workloads.drain(url, task, slots, args.tasks)
             row.peaks.append(result.peak_running)
-            _record(row, result.rate, run)
+            row.record(result.rate, run)
     best = max(rows.values(), key=lambda r: r.median)
     best.name += " *"
     if kind == "async":
@@ -108,7 +103,7 @@ def enqueue_rows(args: argparse.Namespace, url: str) -> list[Row]:
     ]
     for run in range(args.runs):
         for row, use_async in zip(rows, (False, True), strict=True):
-            _record(row, workloads.single_enqueue(url, args.enqueues, use_async), run)
+            row.record(workloads.single_enqueue(url, args.enqueues, use_async), run)
     return rows
 
 
@@ -126,7 +121,7 @@ def batch_rows(args: argparse.Namespace, url: str) -> list[Row]:
     ]
     for run in range(args.runs):
         for row, size in zip(rows, sizes, strict=True):
-            _record(row, workloads.batch_enqueue(url, size, args.batch_rows), run)
+            row.record(workloads.batch_enqueue(url, size, args.batch_rows), run)
     return rows
 
 
@@ -142,7 +137,7 @@ def latency_rows(
         latencies = [s * 1000 for s in sample()]
         stats = (percentile(latencies, 0.5), percentile(latencies, 0.99), max(latencies))
         for row, value in zip(rows, stats, strict=True):
-            _record(row, value, run)
+            row.record(value, run)
     return rows
 
 
@@ -167,9 +162,9 @@ def run_selected(args: argparse.Namespace, url: str, selected: list[str]) -> lis
     """Run the selected workloads in order and return their rows."""
     rows: list[Row] = []
     if "drain" in selected:
-        rows += drain_rows(args, url, "noop", _slot_counts(args.slots))
+        rows += drain_rows(args, url, "noop", int_list(args.slots))
     if "drain-sync" in selected:
-        rows += drain_rows(args, url, "noop_sync", _slot_counts(args.sync_slots))
+        rows += drain_rows(args, url, "noop_sync", int_list(args.sync_slots))
     if "enqueue" in selected:
         rows += enqueue_rows(args, url)
     if "batch" in selected:
