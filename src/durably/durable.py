@@ -6,20 +6,21 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import failpoints
 from .context import DurableContext, Entry, Suspend, SyncDurableContext
 from .errors import LeaseLost, NonDeterminismError
 from .serde import dumps
-from .store import NewRun
+from .store import NewRun, is_transient
 
 if TYPE_CHECKING:
     from .tasks import Task
     from .worker import Worker, _Execution
 
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
+T = TypeVar("T")
 
 
 class DurableRun:
@@ -36,6 +37,8 @@ class DurableRun:
         self.nondeterminism: NonDeterminismError | None = None
         self.child_names: dict[int, str] = {}  # seq -> child task name
         self.lost = False
+        # The connection error that cut this attempt off from the database, if any.
+        self.interrupted: BaseException | None = None
 
     @property
     def abandoned(self) -> bool:
@@ -48,7 +51,7 @@ class DurableRun:
     async def call(self, args: list[Any], kwargs: dict[str, Any], has_log: bool) -> Any:
         """Run the task function against the log; raises Suspend, LeaseLost or its error."""
         if has_log:
-            self.log = {e.seq: e for e in await self.store.load_log(self.run_id)}
+            self.log = {e.seq: e for e in await self._db(self.store.load_log(self.run_id))}
         ctx = DurableContext(self)
         if self.task.is_async:
             value = await self.task.fn(ctx, *args, **kwargs)
@@ -61,7 +64,26 @@ class DurableRun:
             raise self.nondeterminism
         if self.lost:
             raise LeaseLost(f"run {self.run_id} attempt {self.attempt} lost its lease")
+        if self.interrupted is not None:  # raised into user code, which may have caught it
+            raise self.interrupted
         return value
+
+    async def _db(self, call: Coroutine[Any, Any, T]) -> T:
+        """Run one of the engine's statements for this attempt. A connection error marks the
+        attempt interrupted, and every later statement fails at once: the worker then hands the
+        run back to resume from its log (the statement whose reply was lost may have committed,
+        and the next attempt will see it) rather than failing a run that did nothing wrong."""
+        if self.interrupted is not None:
+            call.close()
+            raise self.interrupted
+        try:
+            value = await call
+            failpoints.lose_reply("lost_reply_log", self.task.name, self.run_id)
+            return value
+        except BaseException as exc:
+            if is_transient(exc):
+                self.interrupted = exc
+            raise
 
     def _check(self, written: bool) -> None:
         if not written:
@@ -83,19 +105,21 @@ class DurableRun:
         error: dict[str, Any] | None,
     ) -> Any:
         """Append a finished entry; returns the stored result."""
-        row = await self.store.log_append(
-            {
-                **self._fence(),
-                "seq": seq,
-                "kind": kind,
-                "name": name,
-                "key": key,
-                "input": dumps(input_value),
-                "result": None if result is None else dumps(result),
-                "error": None if error is None else dumps(error),
-                "sleep": None,
-                "done": True,
-            }
+        row = await self._db(
+            self.store.log_append(
+                {
+                    **self._fence(),
+                    "seq": seq,
+                    "kind": kind,
+                    "name": name,
+                    "key": key,
+                    "input": dumps(input_value),
+                    "result": None if result is None else dumps(result),
+                    "error": None if error is None else dumps(error),
+                    "sleep": None,
+                    "done": True,
+                }
+            )
         )
         self._check(row is not None)
         assert row is not None
@@ -103,19 +127,21 @@ class DurableRun:
 
     async def append_sleep(self, seq: int, key: str, seconds: float) -> float:
         """Record a timer; returns the seconds left (database clock)."""
-        row = await self.store.log_append(
-            {
-                **self._fence(),
-                "seq": seq,
-                "kind": "sleep",
-                "name": "sleep",
-                "key": key,
-                "input": dumps({"seconds": seconds}),
-                "result": None,
-                "error": None,
-                "sleep": float(seconds),
-                "done": False,
-            }
+        row = await self._db(
+            self.store.log_append(
+                {
+                    **self._fence(),
+                    "seq": seq,
+                    "kind": "sleep",
+                    "name": "sleep",
+                    "key": key,
+                    "input": dumps({"seconds": seconds}),
+                    "result": None,
+                    "error": None,
+                    "sleep": float(seconds),
+                    "done": False,
+                }
+            )
         )
         self._check(row is not None)
         assert row is not None
@@ -125,19 +151,21 @@ class DurableRun:
         self, seq: int, key: str, event: str, timeout: float | None
     ) -> float | None:
         """Record an event wait (with its deadline, if any)."""
-        row = await self.store.log_append(
-            {
-                **self._fence(),
-                "seq": seq,
-                "kind": "event",
-                "name": event,
-                "key": key,
-                "input": dumps({"key": event, "timeout": timeout}),
-                "result": None,
-                "error": None,
-                "sleep": None if timeout is None else float(timeout),
-                "done": False,
-            }
+        row = await self._db(
+            self.store.log_append(
+                {
+                    **self._fence(),
+                    "seq": seq,
+                    "kind": "event",
+                    "name": event,
+                    "key": key,
+                    "input": dumps({"key": event, "timeout": timeout}),
+                    "result": None,
+                    "error": None,
+                    "sleep": None if timeout is None else float(timeout),
+                    "done": False,
+                }
+            )
         )
         self._check(row is not None)
         assert row is not None
@@ -151,25 +179,27 @@ class DurableRun:
             "result": None if result is None else dumps(result),
             "error": None if error is None else dumps(error),
         }
-        self._check(await self.store.log_complete(params))
+        self._check(await self._db(self.store.log_complete(params)))
 
     async def spawn(self, seq: int, key: str, run: NewRun, durable: bool) -> int:
         """Create the child run and its entry in one fenced statement; returns the child id."""
         failpoints.hit("before_spawn", run.task)
-        child_id = await self.store.log_spawn(
-            {
-                **self._fence(),
-                "seq": seq,
-                "key": key,
-                "task": run.task,
-                "queue": run.queue,
-                "priority": run.priority,
-                "args": run.args,
-                "max_retries": run.max_retries,
-                "max_recoveries": run.max_recoveries,
-                "schedule_timeout": run.schedule_timeout,
-                "durable": durable,
-            }
+        child_id = await self._db(
+            self.store.log_spawn(
+                {
+                    **self._fence(),
+                    "seq": seq,
+                    "key": key,
+                    "task": run.task,
+                    "queue": run.queue,
+                    "priority": run.priority,
+                    "args": run.args,
+                    "max_retries": run.max_retries,
+                    "max_recoveries": run.max_recoveries,
+                    "schedule_timeout": run.schedule_timeout,
+                    "durable": durable,
+                }
+            )
         )
         self._check(child_id is not None)
         assert child_id is not None
@@ -192,10 +222,10 @@ class DurableRun:
             "done": True,
         }
         if asyncio.iscoroutinefunction(fn):
-            held, value = await self.store.in_transaction(params, fn, args, dumps)
+            held, value = await self._db(self.store.in_transaction(params, fn, args, dumps))
         else:
             run = self.store.in_transaction_sync
-            held, value = await asyncio.to_thread(run, params, fn, args, dumps)
+            held, value = await self._db(asyncio.to_thread(run, params, fn, args, dumps))
         self._check(held)
         return value
 
@@ -221,7 +251,7 @@ class DurableRun:
             tokens = [f"done:{cid}" for cid in pending.values()]
             futures = [self.worker.waiters.watch(t) for t in tokens]
             try:
-                rows = await self.store.children_status(list(pending.values()))
+                rows = await self._db(self.store.children_status(list(pending.values())))
                 for seq, cid in pending.items():
                     status, result, error = rows[cid]
                     if status in TERMINAL:
@@ -254,7 +284,9 @@ class DurableRun:
         while True:
             fut = self.worker.waiters.watch(token)
             try:
-                taken = await self.store.take_event({**self._fence(), "seq": seq, "key": key})
+                taken = await self._db(
+                    self.store.take_event({**self._fence(), "seq": seq, "key": key})
+                )
                 if taken is not None:
                     return taken[1]
                 left = None if wake_in is None else wake_in - (time.monotonic() - started)
@@ -281,11 +313,13 @@ class DurableRun:
 
     async def suspend(self, s: Suspend) -> None:
         """Release the slot: WAITING until what the run waits for happens."""
-        await self.store.suspend(
-            {
-                **self._fence(),
-                "wake_in": s.wake_in,
-                "children": s.children or None,
-                "event": s.event,
-            }
+        await self._db(
+            self.store.suspend(
+                {
+                    **self._fence(),
+                    "wake_in": s.wake_in,
+                    "children": s.children or None,
+                    "event": s.event,
+                }
+            )
         )

@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
 
 from .errors import DurablyError
+from .store import is_transient
 
 log = logging.getLogger("durably.notify")
 
@@ -37,9 +39,20 @@ class Listener:
         self._on_reconnect = on_reconnect
         self.conn: psycopg.AsyncConnection[Any] | None = None
 
-    async def start(self) -> None:
-        """Open the first connection; raises if the database cannot be reached."""
-        self.conn = await self._connect()
+    async def start(self, patience: float = 30.0) -> None:
+        """Open the first connection; raises if the database cannot be reached at all, but
+        retries for up to ``patience`` seconds a connection lost while being set up."""
+        deadline = time.monotonic() + patience
+        while True:
+            try:
+                self.conn = await self._connect()
+                return
+            except (psycopg.Error, OSError) as exc:
+                if not is_transient(exc) or time.monotonic() > deadline:
+                    raise
+                log.warning("listener connection lost while starting (%s); retrying", exc)
+                await self._discard()
+                await asyncio.sleep(0.5)
 
     async def run(self) -> None:
         """Deliver notifications until cancelled."""

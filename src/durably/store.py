@@ -9,6 +9,7 @@ costs one round trip; statements that must commit together run in an explicit tr
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
@@ -120,6 +121,23 @@ def _check_url(url: str) -> None:
         ) from None
 
 
+# SQLSTATEs of the connection or the server's state rather than of the statement: connection
+# exceptions (08), insufficient resources such as a full disk (53), and the server shutting down
+# or restarting (57P01-57P03). A statement that failed with one of these may succeed later.
+_TRANSIENT_STATES = ("08", "53", "57P01", "57P02", "57P03")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for errors of the database connection or server, not of the statement: worth
+    retrying, and no fault of the task. (A lost reply may hide a statement that committed.)"""
+    if isinstance(exc, psycopg.InterfaceError | DatabaseUnavailable | OSError):
+        return True
+    if isinstance(exc, psycopg.OperationalError):
+        state = exc.sqlstate
+        return state is None or state.startswith(_TRANSIENT_STATES)
+    return False
+
+
 async def connect(url: str, **kwargs: Any) -> psycopg.AsyncConnection[Any]:
     """Open one autocommit connection, turning psycopg's failure into one readable line."""
     _check_url(url)
@@ -165,8 +183,10 @@ class Store:
         check_schema_name(schema)
         probe = await connect(url)
         await probe.close()
+        # Named after the process, so pg_stat_activity (and an audit) can tell who wrote what.
+        kwargs = {"autocommit": True, "application_name": f"durably pid {os.getpid()}"}
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            url, min_size=1, max_size=max_size, kwargs={"autocommit": True}, open=False
+            url, min_size=1, max_size=max_size, kwargs=kwargs, open=False
         )
         await pool.open(wait=True, timeout=10)
         return cls(url, schema, pool)
@@ -562,7 +582,7 @@ class Outcome:
 
     run_id: int
     attempt: int
-    kind: str  # 'ok' | 'retry' | 'fail'
+    kind: str  # 'ok' | 'retry' | 'fail' | 'release' (handed back: the database went away)
     result: str | None = None
     error: str | None = None
     delay: float = 0.0

@@ -40,7 +40,7 @@ from .errors import (
 )
 from .notify import Listener, Waiters
 from .serde import encode_result, error_json
-from .store import LATEST_VERSION, Outcome, Store
+from .store import LATEST_VERSION, Outcome, Store, is_transient
 from .threads import DaemonThreads
 
 if TYPE_CHECKING:
@@ -51,8 +51,6 @@ log = logging.getLogger("durably.worker")
 
 _FLUSH_BATCH = 500  # keeps the 'done:' notification payload under Postgres's 8000-byte limit
 _DB_ERRORS = (psycopg.Error, DurablyError, OSError)
-# Errors of the connection rather than of the statement: the same write may succeed later.
-_TRANSIENT = (psycopg.OperationalError, psycopg.InterfaceError, DatabaseUnavailable, OSError)
 
 
 @dataclass
@@ -296,8 +294,11 @@ class Worker:
         try:
             outcome = await self._attempt(ex)
         except Exception as exc:  # a fault of the worker itself must still end the attempt
-            log.exception("run %s: recording the attempt failed", ex.run_id)
-            outcome = Outcome(ex.run_id, ex.attempt, "fail", error=error_json(exc))
+            if is_transient(exc):  # e.g. suspending failed: the database went away
+                outcome = self._release(ex, exc)
+            else:
+                log.exception("run %s: recording the attempt failed", ex.run_id)
+                outcome = Outcome(ex.run_id, ex.attempt, "fail", error=error_json(exc))
         finally:
             if self._running.get(ex.run_id) is ex:
                 del self._running[ex.run_id]
@@ -350,6 +351,8 @@ class Worker:
                 )
             if durable is not None and durable.lost:
                 return None
+            if durable is not None and durable.interrupted is not None:
+                return self._release(ex, durable.interrupted)
             return self._failure(ex, exc)
 
     def _failure(self, ex: _Execution, exc: BaseException) -> Outcome:
@@ -363,6 +366,18 @@ class Worker:
             return Outcome(ex.run_id, ex.attempt, "fail", error=error)
         delay = ex.task.backoff.delay(ex.failures + 1)
         return Outcome(ex.run_id, ex.attempt, "retry", error=error, delay=delay)
+
+    def _release(self, ex: _Execution, exc: BaseException) -> Outcome:
+        """The engine lost the database mid-attempt (not the task's fault): hand the run back to
+        resume from its log, as after a lost worker, without spending a retry."""
+        log.warning(
+            "run %s attempt %s: database connection lost (%s); handing it back",
+            ex.run_id,
+            ex.attempt,
+            exc,
+        )
+        lost = DatabaseUnavailable(f"the attempt lost its database connection: {exc}")
+        return Outcome(ex.run_id, ex.attempt, "release", error=error_json(lost))
 
     def _abandon(self, run_id: int, why: str) -> None:
         ex = self._running.get(run_id)
@@ -398,7 +413,9 @@ class Worker:
             batch = self._finished[:_FLUSH_BATCH]
             try:
                 written = await self._write(batch)
-            except _TRANSIENT as exc:
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
                 # Safe to repeat: the write is fenced, so a committed batch is not written twice.
                 failures += 1
                 delay = min(0.1 * 2**failures, 5.0)
@@ -417,7 +434,9 @@ class Worker:
             # Claim again now only if a claim can find something: runs a full claim left behind,
             # or runs this batch queued again for a retry (no notification announces those). A
             # claim that finds nothing would only slow down the runs executing meanwhile.
-            if any(self._left_behind[d] for d in freed) or any(o.kind == "retry" for o in batch):
+            if any(self._left_behind[d] for d in freed) or any(
+                o.kind in ("retry", "release") for o in batch
+            ):
                 self._wake.set()
             for outcome in batch if failpoints.ENABLED else ():
                 failpoints.hit("after_finish", self._names.pop(outcome.run_id, ""))
@@ -430,19 +449,24 @@ class Worker:
 
     async def _write(self, batch: list[Outcome]) -> list[Any]:
         try:
-            return await self.store.finish(self.id, batch)
-        except _TRANSIENT:
-            raise
-        except psycopg.Error:
+            rows = await self.store.finish(self.id, batch)
+            for outcome in batch if failpoints.ENABLED else ():
+                failpoints.lose_reply(
+                    "lost_reply_finish", self._names.get(outcome.run_id, ""), outcome.run_id
+                )
+            return rows
+        except psycopg.Error as exc:
+            if is_transient(exc):
+                raise
             # One outcome the database refuses must not hold back the others: write them one by
             # one, and record a failure in place of any that cannot be stored.
             written: list[Any] = []
             for outcome in batch:
                 try:
                     written += await self.store.finish(self.id, [outcome])
-                except _TRANSIENT:
-                    raise
                 except psycopg.Error as exc:
+                    if is_transient(exc):
+                        raise
                     log.error("run %s: its outcome cannot be stored (%s)", outcome.run_id, exc)
                     problem = NotSerializable(f"the outcome could not be stored: {exc}")
                     fallback = Outcome(

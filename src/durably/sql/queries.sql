@@ -140,20 +140,29 @@ SELECT EXTRACT(EPOCH FROM LEAST(
 ) - now())::float8;
 
 -- name: finish
--- Outcomes: 'ok' completes, 'retry' re-queues after `delay` seconds, 'fail' fails for good.
+-- Outcomes: 'ok' completes, 'retry' re-queues after `delay` seconds, 'fail' fails for good,
+-- 'release' hands back an attempt that lost the database mid-way: like a recovery, it counts
+-- against max_recoveries (not the retry budget) and waits longer each time (0.25 s doubling,
+-- up to 30 s), so a database that stays away does not spin the run.
 -- Fenced: only the attempt this worker holds, still RUNNING, is written.
 WITH outcome AS (
-    {outcomes}
+    SELECT o.*, o.outcome = 'retry'
+                OR (o.outcome = 'release' AND r.recoveries < r.max_recoveries) AS again
+    FROM ({outcomes}) o JOIN {schema}.runs r ON r.id = o.id
 ), written AS (
     UPDATE {schema}.runs r
-    SET status = CASE o.outcome WHEN 'ok' THEN 'COMPLETED' WHEN 'retry' THEN 'QUEUED' ELSE 'FAILED' END,
+    SET status = CASE WHEN o.outcome = 'ok' THEN 'COMPLETED' WHEN o.again THEN 'QUEUED'
+                      ELSE 'FAILED' END,
         result = CASE WHEN o.outcome = 'ok' THEN o.result::jsonb END,
         error = o.error::jsonb,
-        failures = r.failures + (o.outcome <> 'ok')::integer,
-        run_at = CASE WHEN o.outcome = 'retry' THEN now() + make_interval(secs => o.delay) ELSE r.run_at END,
+        failures = r.failures + (o.outcome IN ('retry', 'fail'))::integer,
+        recoveries = r.recoveries + (o.outcome = 'release')::integer,
+        run_at = CASE WHEN o.outcome = 'retry' THEN now() + make_interval(secs => o.delay)
+                      WHEN o.again THEN now() + make_interval(secs => least(30, 0.25 * 2 ^ r.recoveries))
+                      ELSE r.run_at END,
         worker_id = NULL,
         lease_expires_at = NULL,
-        finished_at = CASE WHEN o.outcome = 'retry' THEN NULL ELSE now() END
+        finished_at = CASE WHEN o.again THEN NULL ELSE now() END
     FROM outcome o
     WHERE r.id = o.id AND r.attempt = o.attempt
       AND r.worker_id = %(worker_id)s AND r.status = 'RUNNING'
