@@ -5,6 +5,7 @@ from .context import Child, DurableContext, SyncDurableContext, current_run_id
 from .errors import (
     ChildFailed,
     ConfigurationError,
+    DatabaseFull,
     DatabaseUnavailable,
     DurablyError,
     LeaseLost,
@@ -28,6 +29,7 @@ __all__ = [
     "Child",
     "ChildFailed",
     "ConfigurationError",
+    "DatabaseFull",
     "DatabaseUnavailable",
     "DurableContext",
     "DurablyError",

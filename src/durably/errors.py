@@ -18,6 +18,11 @@ class DatabaseUnavailable(DurablyError):
     """The database could not be reached."""
 
 
+class DatabaseFull(DatabaseUnavailable):
+    """The database refused a write because its disk is full: nothing was written, and the same
+    call succeeds once space is freed (workers wait and retry by themselves)."""
+
+
 class NonRetryableError(DurablyError):
     """Raise it in a task to fail the run at once, without using its remaining retries."""
 

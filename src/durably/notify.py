@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 
 from .errors import DurablyError
-from .store import is_transient
+from .store import first_line, is_transient
 
 log = logging.getLogger("durably.notify")
 
@@ -50,7 +50,9 @@ class Listener:
             except (psycopg.Error, OSError) as exc:
                 if not is_transient(exc) or time.monotonic() > deadline:
                     raise
-                log.warning("listener connection lost while starting (%s); retrying", exc)
+                log.warning(
+                    "listener connection lost while starting (%s); retrying", first_line(exc)
+                )
                 await self._discard()
                 await asyncio.sleep(0.5)
 
@@ -66,7 +68,7 @@ class Listener:
                 async for note in self.conn.notifies():
                     self._on_message(note.payload)
             except (psycopg.Error, DurablyError, OSError) as exc:
-                log.warning("listener connection lost (%s); reconnecting", exc)
+                log.warning("listener connection lost (%s); reconnecting", first_line(exc))
                 await self._discard()
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)

@@ -23,7 +23,7 @@ from psycopg import conninfo
 from psycopg_pool import AsyncConnectionPool
 
 from .context import Entry
-from .errors import ConfigurationError, DatabaseUnavailable
+from .errors import ConfigurationError, DatabaseFull, DatabaseUnavailable
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
 _PASSWORD = re.compile(r"(://[^:/@\s]*):[^@\s]*@")
@@ -127,6 +127,20 @@ def _check_url(url: str) -> None:
 _TRANSIENT_STATES = ("08", "53", "57P01", "57P02", "57P03")
 
 
+def first_line(exc: BaseException) -> str:
+    """An error as one line: psycopg's messages carry DETAIL and HINT lines of their own."""
+    text = str(exc).strip()
+    return " ".join(text.splitlines()[0].split()) if text else type(exc).__name__
+
+
+def out_of_space(exc: psycopg.errors.DiskFull) -> DatabaseFull:
+    """psycopg's DiskFull as one line that says what happened and what to do."""
+    return DatabaseFull(
+        f"the database is out of disk space ({first_line(exc)}): nothing was written; free "
+        "space on the database server, then try again"
+    )
+
+
 def is_transient(exc: BaseException) -> bool:
     """True for errors of the database connection or server, not of the statement: worth
     retrying, and no fault of the task. (A lost reply may hide a statement that committed.)"""
@@ -146,7 +160,7 @@ async def connect(url: str, **kwargs: Any) -> psycopg.AsyncConnection[Any]:
             url, autocommit=True, connect_timeout=10, **kwargs
         )
     except psycopg.OperationalError as exc:
-        reason = _redact(" ".join(str(exc).split("\n")[0].split()))
+        reason = _redact(first_line(exc))
         raise DatabaseUnavailable(
             f"cannot connect to {describe_url(url)}: {reason}; check the URL "
             "(DURABLY_DATABASE_URL or DATABASE_URL) and that the server is running"
@@ -214,6 +228,8 @@ class Store:
             return await conn.execute(self._sql[name], params, prepare=prepare)
         except psycopg.errors.UndefinedTable:
             raise self._not_migrated() from None
+        except psycopg.errors.DiskFull as exc:
+            raise out_of_space(exc) from None
 
     def _not_migrated(self) -> ConfigurationError:
         return ConfigurationError(
@@ -312,6 +328,8 @@ class Store:
             cur = conn.execute(self._sql["enqueue"], self._enqueue_params(runs))
         except psycopg.errors.UndefinedTable:
             raise self._not_migrated() from None
+        except psycopg.errors.DiskFull as exc:
+            raise out_of_space(exc) from None
         inserted = cur.fetchall()
         existing: dict[tuple[str, str], int] = {}
         for task, keys in _missing_keys(runs, inserted).items():
@@ -422,7 +440,7 @@ class Store:
         another holds it, else (recovered, expired) counts.
         """
         async with self.pool.connection() as conn, conn.transaction():
-            cur = await conn.execute(self._sql["sweep_lock"], {"namespace": self.namespace})
+            cur = await self.execute(conn, "sweep_lock", {"namespace": self.namespace})
             row = await cur.fetchone()
             if not row or not row[0]:
                 return None
@@ -431,10 +449,10 @@ class Store:
                 "namespace": self.namespace,
                 "channel": self.channel,
             }
-            await conn.execute(self._sql["sweep_dead_workers"], params)
-            cur = await conn.execute(self._sql["sweep_orphans"], params)
+            await self.execute(conn, "sweep_dead_workers", params)
+            cur = await self.execute(conn, "sweep_orphans", params)
             recovered = len(await cur.fetchall())
-            cur = await conn.execute(self._sql["sweep_schedule_timeouts"], params)
+            cur = await self.execute(conn, "sweep_schedule_timeouts", params)
             expired = len(await cur.fetchall())
             return recovered, expired
 

@@ -40,7 +40,7 @@ from .errors import (
 )
 from .notify import Listener, Waiters
 from .serde import encode_result, error_json
-from .store import LATEST_VERSION, Outcome, Store, is_transient
+from .store import LATEST_VERSION, Outcome, Store, first_line, is_transient
 from .threads import DaemonThreads
 
 if TYPE_CHECKING:
@@ -337,7 +337,7 @@ class Worker:
             await durable.suspend(suspend)
             return None
         except LeaseLost as exc:
-            log.info("run %s: %s", ex.run_id, exc)
+            log.info("run %s: %s", ex.run_id, first_line(exc))
             return None
         except asyncio.CancelledError as exc:
             current = asyncio.current_task()
@@ -361,7 +361,13 @@ class Worker:
             isinstance(exc, NonRetryableError | NotSerializable | NonDeterminismError)
             or ex.failures >= ex.max_retries
         )
-        log.info("run %s (%s) attempt %s failed: %s", ex.run_id, ex.task.name, ex.attempt, exc)
+        log.info(
+            "run %s (%s) attempt %s failed: %s",
+            ex.run_id,
+            ex.task.name,
+            ex.attempt,
+            first_line(exc),
+        )
         if final:
             return Outcome(ex.run_id, ex.attempt, "fail", error=error)
         delay = ex.task.backoff.delay(ex.failures + 1)
@@ -370,13 +376,14 @@ class Worker:
     def _release(self, ex: _Execution, exc: BaseException) -> Outcome:
         """The engine lost the database mid-attempt (not the task's fault): hand the run back to
         resume from its log, as after a lost worker, without spending a retry."""
+        reason = first_line(exc)
         log.warning(
-            "run %s attempt %s: database connection lost (%s); handing it back",
+            "run %s attempt %s lost the database (%s); handing it back",
             ex.run_id,
             ex.attempt,
-            exc,
+            reason,
         )
-        lost = DatabaseUnavailable(f"the attempt lost its database connection: {exc}")
+        lost = DatabaseUnavailable(f"the attempt lost the database: {reason}")
         return Outcome(ex.run_id, ex.attempt, "release", error=error_json(lost))
 
     def _abandon(self, run_id: int, why: str) -> None:
@@ -420,7 +427,10 @@ class Worker:
                 failures += 1
                 delay = min(0.1 * 2**failures, 5.0)
                 log.warning(
-                    "recording %d outcomes failed (%s); retrying in %.1fs", len(batch), exc, delay
+                    "recording %d outcomes failed (%s); retrying in %.1fs",
+                    len(batch),
+                    first_line(exc),
+                    delay,
                 )
                 await asyncio.sleep(delay)
                 continue
@@ -485,7 +495,7 @@ class Worker:
                 mine = [*self._running, *(o.run_id for o in self._finished)]
                 held = await self.store.heartbeat(self.id, self.lease, mine)
             except _DB_ERRORS as exc:
-                log.warning("heartbeat failed: %s", exc)
+                log.warning("heartbeat failed: %s", first_line(exc))
                 continue
             for ex in list(self._running.values()):
                 if ex.claimed_at < sent and (ex.run_id, ex.attempt) not in held:
@@ -499,7 +509,7 @@ class Worker:
                 if swept and any(swept):
                     log.info("sweeper: %d runs recovered, %d past schedule timeout", *swept)
             except _DB_ERRORS as exc:
-                log.warning("sweep failed: %s", exc)
+                log.warning("sweep failed: %s", first_line(exc))
 
     # -- shutdown --------------------------------------------------------------------------
 
@@ -521,7 +531,9 @@ class Worker:
                 log.info("released %d unfinished runs back to the queue", released)
             await self.store.worker_stopped(self.id)
         except _DB_ERRORS as exc:
-            log.warning("could not release runs on shutdown (%s); the sweeper will", exc)
+            log.warning(
+                "could not release runs on shutdown (%s); the sweeper will", first_line(exc)
+            )
 
     async def _wait_running_or_force(self) -> None:
         deadline = time.monotonic() + self.grace_period
