@@ -243,6 +243,22 @@ def test_non_json_result_fails_with_not_serializable(app: durably.App) -> None:
     assert (run.status, run.attempt, run.failures) == ("FAILED", 1, 1)
 
 
+def test_oversized_result_fails_only_its_run(make_app: Callable[..., durably.App]) -> None:
+    app = make_app(max_payload=1000)
+
+    @app.task(name="too_big")
+    def too_big(n: int) -> str:
+        return "x" * n
+
+    with app.worker(slots=1):
+        with pytest.raises(durably.RunFailed) as failed:
+            too_big.enqueue(5000).result(timeout=10)
+        assert too_big.enqueue(10).result(timeout=10) == "x" * 10, "the worker goes on"
+    assert failed.value.error_type == "durably.errors.PayloadTooLarge"
+    assert "too_big" in failed.value.error_message
+    assert "max_payload" in failed.value.error_message
+
+
 def test_nul_character_in_a_result_fails_its_run_cleanly(app: durably.App) -> None:
     @app.task(name="nul_result")
     def nul_result() -> dict[str, str]:

@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -118,11 +119,8 @@ def small_disk_server() -> Iterator[Setting]:
             disk.unmount()
 
 
-def test_full_disk_loses_nothing_and_the_worker_waits_for_space(
-    small_disk_server: Setting,
-) -> None:
-    server, disk, tmp = small_disk_server.server, small_disk_server.disk, small_disk_server.tmp
-    url, schema = server.url, "diskfull"
+def use_small_disk(url: str, disk: SmallDisk) -> None:
+    """Make the small disk the database's default tablespace (for tables created from now on)."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
             sql.SQL("CREATE TABLESPACE {} LOCATION {}").format(
@@ -136,6 +134,13 @@ def test_full_disk_loses_nothing_and_the_worker_waits_for_space(
             )
         )
 
+
+def test_full_disk_loses_nothing_and_the_worker_waits_for_space(
+    small_disk_server: Setting,
+) -> None:
+    server, disk, tmp = small_disk_server.server, small_disk_server.disk, small_disk_server.tmp
+    url, schema = server.url, "diskfull"
+    use_small_disk(url, disk)
     app = durably.App(url, schema=schema)
     try:
         error = _scenario(app, url, schema, disk, tmp / "gate")
@@ -257,3 +262,45 @@ def _scenario(app: durably.App, url: str, schema: str, disk: SmallDisk, gate: Pa
     assert "Traceback" not in output, output
     assert "No space left on device" in output, "the worker's log says why it waits"
     return error
+
+
+def test_durable_run_waits_out_a_full_disk_without_failing(
+    small_disk_server: Setting, caplog: pytest.LogCaptureFixture
+) -> None:
+    server, disk = small_disk_server.server, small_disk_server.disk
+    use_small_disk(server.url, disk)
+    app = durably.App(server.url, schema="diskdurable")
+    executed: list[int] = []
+    disk_filled = threading.Event()
+
+    def big(n: int) -> str:
+        executed.append(n)
+        disk_filled.wait(30)  # the first time, the test fills the disk meanwhile
+        return disk_app.payload(f"step{n}", RESULT_SIZE)
+
+    @app.durable_task(name="two_big_steps")  # no retries: a full disk must not spend one
+    async def two_big_steps(ctx: durably.DurableContext) -> list[int]:
+        return [len(await ctx.step(big, 1)), len(await ctx.step(big, 2))]
+
+    def handed_back() -> bool:
+        return any("lost the database" in r.getMessage() for r in caplog.records)
+
+    try:
+        app.migrate()
+        with app.worker():
+            handle = two_big_steps.enqueue()
+            wait_until(lambda: executed == [1], what="step 1 running")
+            disk.fill()
+            disk_filled.set()
+            # Step 1's result cannot be stored: the attempt is handed back, not failed.
+            wait_until(handed_back, timeout=30, what="the attempt handed back")
+            assert handle.status() != "FAILED"
+            disk.free()
+            assert handle.result(timeout=60) == [RESULT_SIZE, RESULT_SIZE]
+        run = app.get_run(handle.id)
+        assert run is not None
+        assert (run.status, run.failures) == ("COMPLETED", 0)
+        assert run.recoveries >= 1
+        assert executed == [1, 1, 2], "step 1 again (never recorded), step 2 once"
+    finally:
+        app.close()
