@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "invariants": result.report.summary(),
         "problems": result.problems(),
+        "diagnosis": result.diagnosis,
     }
     text = json.dumps(report, indent=2)
     print(text)

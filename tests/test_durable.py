@@ -400,3 +400,37 @@ def test_sync_durable_task_waits_for_events_and_records_values(app: durably.App)
         assert handle.result(timeout=20) == {"ok": True}
     # The suspended run was executed again from the top: the same recorded values both times.
     assert len(seen) == 2 and len(set(seen)) == 1
+
+
+@pytest.mark.parametrize("missed", ["child", "event"])
+def test_a_missed_wake_up_is_caught_by_the_sweeper(
+    app: durably.App, db: psycopg.Connection[Any], schema: str, missed: str
+) -> None:
+    """A child that ends (or an event pushed) at the very moment its parent suspends can miss
+    the parent: neither transaction sees the other's write. Here the miss is made on purpose —
+    the child ends, and the event is stored, without the statements that wake the parent — and
+    the sweeper must notice within a sweep."""
+
+    @app.task(name="late_child", queue="elsewhere")
+    def late_child() -> str:
+        return "never run here"
+
+    @app.durable_task(name="parent")
+    async def parent(ctx: durably.DurableContext) -> Any:
+        if missed == "child":
+            return await ctx.run(late_child)
+        return await ctx.wait_for_event("go")
+
+    handle = parent.enqueue()
+    with app.worker(queues=["default"], evict_after=0.05):
+        wait_until(lambda: handle.status() == "WAITING", what="the parent suspended")
+    s = f'"{schema}"'
+    if missed == "child":
+        db.execute(
+            f"UPDATE {s}.runs SET status = 'COMPLETED', result = '\"done\"', finished_at = now() "
+            f"WHERE task = 'late_child'"
+        )
+    else:
+        db.execute(f"INSERT INTO {s}.events (key, payload) VALUES ('go', '\"done\"')")
+    with app.worker(queues=["default"], evict_after=0.05, sweep_interval=0.2):
+        assert handle.result(timeout=10) == "done"

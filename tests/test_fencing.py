@@ -57,7 +57,7 @@ def test_stale_attempt_writes_nothing(app: durably.App, db: psycopg.Connection[A
     seen = asyncio.run(_scenario(app))
     run_id = seen["run_id"]
     assert seen["attempts"] == (1, 2)
-    assert seen["swept"] == (1, 0)
+    assert seen["swept"] == (1, 0, 0)
     assert seen["stale_finish"] == []
     assert seen["stale_finish_new_attempt"] == [], "the attempt alone is not enough: worker too"
     assert seen["stale_heartbeat"] == set()
@@ -92,7 +92,7 @@ def test_recoveries_are_capped(make_app: Callable[..., durably.App]) -> None:
             await store.close()
 
     run_id, sweeps = asyncio.run(lose_it_three_times())
-    assert sweeps == [(1, 0), (1, 0), (1, 0)]
+    assert sweeps == [(1, 0, 0), (1, 0, 0), (1, 0, 0)]
     run = app.get_run(run_id)
     assert run is not None and run.status == "FAILED" and run.recoveries == 3
     assert run.error is not None and run.error["type"] == "WorkerLost"

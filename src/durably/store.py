@@ -433,11 +433,12 @@ class Store:
         params = {"worker_id": worker_id, "ids": run_ids, "channel": self.channel}
         return len(await self.fetch("release", params))
 
-    async def sweep(self, dead_after: float) -> tuple[int, int] | None:
-        """Recover runs of dead workers and expired leases, fail runs past their schedule timeout.
+    async def sweep(self, dead_after: float) -> tuple[int, int, int] | None:
+        """Recover runs of dead workers and expired leases, fail runs past their schedule timeout,
+        and wake WAITING runs whose wake-up raced with their suspension.
 
         Only one sweeper runs at a time (a transaction-level advisory lock); returns None when
-        another holds it, else (recovered, expired) counts.
+        another holds it, else (recovered, expired, woken) counts.
         """
         async with self.pool.connection() as conn, conn.transaction():
             cur = await self.execute(conn, "sweep_lock", {"namespace": self.namespace})
@@ -454,7 +455,9 @@ class Store:
             recovered = len(await cur.fetchall())
             cur = await self.execute(conn, "sweep_schedule_timeouts", params)
             expired = len(await cur.fetchall())
-            return recovered, expired
+            cur = await self.execute(conn, "sweep_wake_ready", params)
+            woken = len(await cur.fetchall())
+            return recovered, expired, woken
 
     async def register_worker(
         self,

@@ -507,7 +507,9 @@ class Worker:
             try:
                 swept = await self.store.sweep(self.dead_after)
                 if swept and any(swept):
-                    log.info("sweeper: %d runs recovered, %d past schedule timeout", *swept)
+                    log.info(
+                        "sweeper: %d runs recovered, %d past schedule timeout, %d woken", *swept
+                    )
             except _DB_ERRORS as exc:
                 log.warning("sweep failed: %s", first_line(exc))
 

@@ -73,6 +73,7 @@ class Result:
     settled_after: float | None = None  # seconds from the last fault to every run terminal
     report: checker.Report = field(default_factory=checker.Report)
     elapsed: float = 0.0
+    diagnosis: list[str] = field(default_factory=list)  # what unfinished runs were waiting for
 
     def problems(self) -> list[str]:
         found = self.report.problems()
@@ -153,6 +154,8 @@ class Chaos:
                 thread.join()
             self._heal()
             self.result.settled_after = self._settle()
+            if self.result.settled_after is None:
+                self.result.diagnosis = self._diagnose()
             self.result.report = checker.check(self.server.url, SCHEMA, sorted(self.enqueued))
         finally:
             self._shutdown()
@@ -324,6 +327,30 @@ class Chaos:
                 return time.monotonic() - self.last_fault
             time.sleep(0.2)
         return None
+
+    def _diagnose(self) -> list[str]:
+        """The unfinished runs, their event logs, and the database's sessions, for the report."""
+        queries = [
+            "SELECT id, task, status, attempt, recoveries, wake_at, wait_children, wait_event, "
+            "worker_id, created_at FROM {schema}.runs "
+            "WHERE status NOT IN ('COMPLETED', 'FAILED', 'CANCELLED')",
+            "SELECT l.run_id, l.seq, l.kind, l.name, l.done, l.child_id, l.event_id, l.wake_at, "
+            "l.attempt FROM {schema}.event_log l JOIN {schema}.runs r ON r.id = l.run_id "
+            "WHERE r.status NOT IN ('COMPLETED', 'FAILED', 'CANCELLED') ORDER BY 1, 2",
+            "SELECT e.id, e.key, e.created_at FROM {schema}.events e JOIN {schema}.runs r "
+            "ON e.key = r.wait_event OR e.key = 'go:' || (r.args->'args'->>0) "
+            "WHERE r.status NOT IN ('COMPLETED', 'FAILED', 'CANCELLED')",
+            "SELECT application_name, state, xact_start, left(query, 80) FROM pg_stat_activity "
+            "WHERE application_name LIKE 'durably%'",
+            "SELECT classid, objid, pid, granted FROM pg_locks WHERE locktype = 'advisory'",
+        ]
+        lines = []
+        with psycopg.connect(self.server.url, autocommit=True) as conn:
+            for query in queries:
+                lines.append(query)
+                sql = query.replace("{schema}", f'"{SCHEMA}"')
+                lines += [f"  {row}" for row in conn.execute(sql).fetchall()]  # type: ignore[arg-type]
+        return lines
 
     def _shutdown(self) -> None:
         with self.lock:
