@@ -18,6 +18,7 @@ if __name__ == "__main__" and not __package__:
 
 import argparse
 import json
+import signal
 import tempfile
 import time
 
@@ -40,6 +41,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # SIGTERM stops like Ctrl-C: the harness's cleanup stops the workers and its PostgreSQL.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     config = Config(
         items=args.items,
         duration=args.duration,
