@@ -11,11 +11,19 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psycopg
 
 from tests.chaos import workload
+
+AUDIT_SQL = Path(__file__).with_name("audit.sql")
+
+
+def install_audit(conn: psycopg.Connection[Any], schema: str) -> None:
+    """Install the audit triggers and the workload's tables in a migrated schema."""
+    conn.execute(AUDIT_SQL.read_text().replace("{schema}", f'"{schema}"'))  # type: ignore[arg-type]
 
 
 @dataclass

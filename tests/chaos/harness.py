@@ -36,7 +36,6 @@ from tests.chaos.proxy import FaultProxy
 from tests.chaos.server import PrivateServer
 
 ROOT = Path(__file__).resolve().parents[2]
-AUDIT_SQL = Path(__file__).with_name("audit.sql")
 SCHEMA = "chaos"
 
 
@@ -169,7 +168,7 @@ class Chaos:
         finally:
             app.close()
         with psycopg.connect(self.server.url, autocommit=True) as conn:
-            conn.execute(AUDIT_SQL.read_text().replace("{schema}", f'"{SCHEMA}"'))  # type: ignore[arg-type]
+            checker.install_audit(conn, SCHEMA)
 
     def _new_worker(self) -> Worker:
         return Worker(
