@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: demo test lint bench install
+.PHONY: demo test lint bench chaos install
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,3 +30,7 @@ lint: install
 bench: install
 	$(BIN)/python -m bench.queue
 	$(BIN)/python -m bench.durable
+
+# The 10-minute chaos run of docs/reliability.md (a private PostgreSQL; needs no DATABASE_URL).
+chaos: install
+	$(BIN)/python -m bench.chaos
