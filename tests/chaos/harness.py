@@ -236,10 +236,9 @@ class Chaos:
             if self.stop.wait(max(0.0, at - time.monotonic())):
                 return
             self.server.crash()
-            self._count("restart")
             time.sleep(self.rng.uniform(0.2, 1.5))  # down for a moment
             self.server.start()
-            self._count("restart")  # the restart itself is a fault for the clients too
+            self._count("restart")  # once it is back: the last fault ends when it is up again
 
     def _supervise(self) -> None:
         """Start a new worker in place of any that exited (as systemd or Kubernetes would): a
