@@ -129,7 +129,10 @@ _TRANSIENT_STATES = ("08", "53", "57P01", "57P02", "57P03")
 
 def first_line(exc: BaseException) -> str:
     """An error as one line: psycopg's messages carry DETAIL and HINT lines of their own."""
-    text = str(exc).strip()
+    try:
+        text = str(exc).strip()
+    except Exception:  # a task's exception may refuse to be printed
+        text = ""
     return " ".join(text.splitlines()[0].split()) if text else type(exc).__name__
 
 
@@ -609,11 +612,16 @@ class Outcome:
     delay: float = 0.0
 
 
+def _inserted_keys(inserted: list[Row]) -> set[tuple[str, str]]:
+    # Keys are unique per task; an inserted row is (id, idempotency_key, notified, task).
+    return {(r[3], r[1]) for r in inserted if r[1] is not None}
+
+
 def _missing_keys(runs: Sequence[NewRun], inserted: list[Row]) -> dict[str, list[str]]:
-    got = {r[1] for r in inserted if r[1] is not None}
+    got = _inserted_keys(inserted)
     missing: dict[str, list[str]] = {}
     for r in runs:
-        if r.idempotency_key is not None and r.idempotency_key not in got:
+        if r.idempotency_key is not None and (r.task, r.idempotency_key) not in got:
             missing.setdefault(r.task, []).append(r.idempotency_key)
     return missing
 
@@ -623,15 +631,13 @@ def _ids_in_order(
 ) -> list[int]:
     # Identities were drawn in input order, so sorted new ids line up with the runs inserted.
     new_ids = iter(sorted(r[0] for r in inserted))
-    inserted_keys = {r[1] for r in inserted if r[1] is not None}
+    inserted_keys = _inserted_keys(inserted)
     ids: list[int] = []
-    seen: set[str] = set()
+    seen: set[tuple[str, str]] = set()
     for r in runs:
-        key = r.idempotency_key
+        key = None if r.idempotency_key is None else (r.task, r.idempotency_key)
         if key is not None and (key not in inserted_keys or key in seen):
-            ids.append(
-                existing[(r.task, key)] if (r.task, key) in existing else _same_batch(ids, runs, r)
-            )
+            ids.append(existing[key] if key in existing else _same_batch(ids, runs, r))
         else:
             ids.append(next(new_ids))
             if key is not None:

@@ -46,11 +46,12 @@ WITH input AS (
     FROM input
     ORDER BY ord  -- identities are drawn in this order, so ids ascend in input order
     ON CONFLICT (task, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-    RETURNING id, queue, idempotency_key
+    RETURNING id, task, queue, idempotency_key
 )
 SELECT id, idempotency_key,
        (SELECT count(pg_notify(%(channel)s, 'q:' || q.queue))
-          FROM (SELECT DISTINCT queue FROM inserted) q) AS notified
+          FROM (SELECT DISTINCT queue FROM inserted) q) AS notified,
+       task
 FROM inserted;
 
 -- name: enqueue_one
@@ -63,9 +64,9 @@ WITH inserted AS (
             now() + make_interval(secs => %(delay)s::float8 + %(schedule_timeout)s::float8),
             %(idempotency_key)s, %(durable)s)
     ON CONFLICT (task, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-    RETURNING id, queue, idempotency_key
+    RETURNING id, task, queue, idempotency_key
 )
-SELECT id, idempotency_key, pg_notify(%(channel)s, 'q:' || queue) FROM inserted;
+SELECT id, idempotency_key, pg_notify(%(channel)s, 'q:' || queue), task FROM inserted;
 
 -- name: existing_by_key
 SELECT idempotency_key, id FROM {schema}.runs
