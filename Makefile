@@ -30,6 +30,7 @@ lint: install
 bench: install
 	$(BIN)/python -m bench.queue
 	$(BIN)/python -m bench.durable
+	$(BIN)/python -m bench.ceiling
 
 # The 10-minute chaos run of docs/reliability.md (a private PostgreSQL; needs no DATABASE_URL).
 chaos: install

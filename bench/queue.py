@@ -155,7 +155,6 @@ def print_table(rows: list[Row]) -> None:
             f"{row.name:<40} {row.median:>10,.1f}  {row.unit:<8} {row.target:<10} "
             f"{row.verdict():<7} {row.peak():>11}  {runs}"
         )
-    print("\n* best slot count. max RUNNING: most runs a draining worker held at once.")
 
 
 def run_selected(args: argparse.Namespace, url: str, selected: list[str]) -> list[Row]:
@@ -195,6 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = run_selected(args, url, args.only or list(WORKLOADS))
     print(f"\n{args.runs} runs per figure (median shown), {time.monotonic() - started:.0f}s\n")
     print_table(rows)
+    print("\n* best slot count. max RUNNING: most runs a draining worker held at once.")
     if args.json:
         figures = {r.name: {"values": r.values, "peak_running": r.peaks} for r in rows}
         args.json.parent.mkdir(parents=True, exist_ok=True)
