@@ -1,0 +1,116 @@
+"""How durably's costs grow with the work already in the tables: claim latency with 1k, 100k and
+1M runs queued ahead, and with many finished runs kept.
+
+Each depth gets a fresh schema filled with one ``INSERT ... SELECT generate_series`` (the runs are
+of a task named ``noop`` on the default queue, so every claim has them all to choose from). Then
+one connection claims one run at a time, ``--samples`` times, through the same
+``Store.claim`` statement a worker uses, and records each outcome with ``Store.finish`` (not
+timed). Reported: p50 and p99 of the claim in milliseconds.
+
+Run from the project root: ``python -m bench.growth``; ``--help`` lists the options.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __name__ == "__main__" and not __package__:
+    # Run as a script: put the project root, not bench/, first on the path (see bench/queue.py).
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import argparse
+import asyncio
+import time
+import uuid
+
+from bench.harness import connect, database_url, int_list, percentile, throwaway_schema
+from bench.queue import Row, print_table
+from durably.store import Outcome, Store, describe_url
+
+ARGS = '{"args": [], "kwargs": {}}'
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(prog="python -m bench.growth", description=__doc__)
+    add = parser.add_argument
+    add("--runs", type=int, default=3, help="runs of each measurement; the median is reported")
+    add("--depths", default="1000,100000,1000000", help="runs queued ahead of the claims")
+    add("--finished", type=int, default=0, help="also keep this many COMPLETED runs")
+    add("--samples", type=int, default=300, help="claims timed per measurement")
+    return parser.parse_args(argv)
+
+
+def fill(url: str, schema: str, queued: int, finished: int) -> None:
+    """Create durably's tables in ``schema`` and fill them in bulk."""
+    asyncio.run(_migrate(url, schema))
+    runs = f'"{schema}".runs'
+    with connect(url) as conn:
+        conn.execute(
+            f"INSERT INTO {runs} (task, args) SELECT 'noop', %s::jsonb FROM generate_series(1, %s)",
+            (ARGS, queued),
+        )
+        if finished:
+            conn.execute(
+                f"INSERT INTO {runs} (task, args, status, result, finished_at) "
+                "SELECT 'noop', %s::jsonb, 'COMPLETED', 'null', now() FROM generate_series(1, %s)",
+                (ARGS, finished),
+            )
+        conn.execute(f"VACUUM ANALYZE {runs}")
+
+
+async def _migrate(url: str, schema: str) -> None:
+    store = await Store.open(url, schema, max_size=1)
+    try:
+        await store.migrate()
+    finally:
+        await store.close()
+
+
+async def claim_latencies(url: str, schema: str, samples: int) -> list[float]:
+    """Seconds per claim of one run, ``samples`` times; each claimed run is then completed."""
+    store = await Store.open(url, schema, max_size=1)
+    worker = str(uuid.uuid4())
+    latencies = []
+    try:
+        for _ in range(samples):
+            started = time.perf_counter()
+            [row] = await store.claim(worker, ["default"], ["noop"], 1, 30.0)
+            latencies.append(time.perf_counter() - started)
+            await store.finish(worker, [Outcome(row[0], row[3], "ok", result="null")])
+    finally:
+        await store.close()
+    return latencies
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Measure at each depth and print the table."""
+    args = parse_args(argv)
+    url = database_url()
+    print(f"durably cost growth on {describe_url(url)}, {args.runs} runs each", file=sys.stderr)
+    kept = f", {args.finished:,} finished kept" if args.finished else ""
+    rows = []
+    for depth in int_list(args.depths):
+        p50 = Row(f"claim p50, {depth:,} queued{kept}", "ms")
+        p99 = Row(f"claim p99, {depth:,} queued{kept}", "ms")
+        for run in range(args.runs):
+            with throwaway_schema(url) as schema:
+                fill(url, schema, depth, args.finished)
+                latencies = [
+                    s * 1000 for s in asyncio.run(claim_latencies(url, schema, args.samples))
+                ]
+            p50.record(percentile(latencies, 0.5), run, digits=3)
+            p99.record(percentile(latencies, 0.99), run, digits=3)
+        rows += [p50, p99]
+    print()
+    print_table(rows)
+    medians = [f"{r.median:.3f}" for r in rows[::2]]
+    print(
+        f"\nclaim p50 (ms) by depth: {' / '.join(medians)}; deepest / shallowest: "
+        f"{rows[-2].median / rows[0].median:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
