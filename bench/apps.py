@@ -8,6 +8,7 @@ enqueued by one process is found in the registry of another.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
@@ -59,6 +60,16 @@ async def steps(ctx: durably.DurableContext, count: int) -> int:
     return value
 
 
+async def hold(seconds: float) -> None:
+    """Stay in flight for a while (the memory of a worker with many runs in flight)."""
+    await asyncio.sleep(seconds)
+
+
+async def parked(ctx: durably.DurableContext, key: str) -> Any:
+    """Wait for an event: suspended once the worker evicts it (memory of suspended runs)."""
+    return await ctx.wait_for_event(key)
+
+
 # Step bodies executed in this process, by run id: how the resume workload proves that a run
 # re-executed against its log returned the recorded results instead of calling the steps again.
 _executed: Counter[int] = Counter()
@@ -99,10 +110,12 @@ class BenchApp:
     three_steps: Task[[durably.DurableContext, int], Any]
     steps: Task[[durably.DurableContext, int], Any]
     replayable: Task[[durably.DurableContext, int], Any]
+    hold: Task[[float], Any]
+    parked: Task[[durably.DurableContext, str], Any]
 
     def task(self, name: str) -> Task[..., Any]:
         """A task by its short name (``noop``, ``noop_sync``, ``item``, ``started``,
-        ``three_steps``, ``steps``, ``replayable``)."""
+        ``three_steps``, ``steps``, ``replayable``, ``hold``, ``parked``)."""
         task: Task[..., Any] = getattr(self, name)
         return task
 
@@ -119,6 +132,8 @@ def build(schema: str, url: str | None = None) -> BenchApp:
         three_steps=app.durable_task(name="bench.three_steps")(three_steps),
         steps=app.durable_task(name="bench.steps")(steps),
         replayable=app.durable_task(name="bench.replayable")(replayable),
+        hold=app.task(name="bench.hold")(hold),
+        parked=app.durable_task(name="bench.parked")(parked),
     )
 
 

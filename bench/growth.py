@@ -1,11 +1,16 @@
 """How durably's costs grow with the work already in the tables: claim latency with 1k, 100k and
-1M runs queued ahead, and with many finished runs kept.
+1M runs queued ahead, and with many finished runs kept; and the memory of a worker process with
+many runs in flight or suspended (``--memory``).
 
 Each depth gets a fresh schema filled with one ``INSERT ... SELECT generate_series`` (the runs are
 of a task named ``noop`` on the default queue, so every claim has them all to choose from). Then
 one connection claims one run at a time, ``--samples`` times, through the same
 ``Store.claim`` statement a worker uses, and records each outcome with ``Store.finish`` (not
 timed). Reported: p50 and p99 of the claim in milliseconds.
+
+``--memory`` starts a worker process and reads its resident memory (VmRSS) idle, then with
+``--in-flight`` async runs in flight at once (each sleeping), then after ``--suspended`` durable
+runs have each started and suspended waiting for an event (evicted after 0.1 s).
 
 Run from the project root: ``python -m bench.growth``; ``--help`` lists the options.
 """
@@ -24,7 +29,16 @@ import asyncio
 import time
 import uuid
 
-from bench.harness import connect, database_url, int_list, percentile, throwaway_schema
+from bench import apps
+from bench.harness import (
+    WorkerProcess,
+    connect,
+    database_url,
+    int_list,
+    percentile,
+    throwaway_schema,
+    wait_until,
+)
 from bench.queue import Row, print_table
 from durably.store import Outcome, Store, describe_url
 
@@ -39,6 +53,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--depths", default="1000,100000,1000000", help="runs queued ahead of the claims")
     add("--finished", type=int, default=0, help="also keep this many COMPLETED runs")
     add("--samples", type=int, default=300, help="claims timed per measurement")
+    add("--memory", action="store_true", help="measure worker memory instead")
+    add("--in-flight", type=int, default=1_000, help="async runs in flight (--memory)")
+    add("--suspended", type=int, default=10_000, help="suspended durable runs (--memory)")
     return parser.parse_args(argv)
 
 
@@ -84,10 +101,67 @@ async def claim_latencies(url: str, schema: str, samples: int) -> list[float]:
     return latencies
 
 
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process, in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def count(url: str, schema: str, status: str) -> int:
+    with connect(url) as conn:
+        row = conn.execute(
+            f'SELECT count(*) FROM "{schema}".runs WHERE status = %s', (status,)
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def worker_memory(url: str, in_flight: int, suspended: int) -> tuple[float, float, float]:
+    """(idle, with ``in_flight`` async runs in flight, with ``suspended`` runs suspended) MiB."""
+    with throwaway_schema(url) as schema:
+        bench = apps.build(schema, url)
+        bench.app.migrate()
+        slots = str(in_flight)
+        with WorkerProcess(
+            url, schema, in_flight, 200, "--evict-after", "0.1", "--grace-period", "0"
+        ) as worker:
+            worker.wait_ready()
+            assert worker.proc is not None
+            time.sleep(1.0)  # settle after start-up
+            idle = rss_mib(worker.proc.pid)
+            bench.hold.enqueue_many([(60.0,)] * in_flight)
+            wait_until(lambda: count(url, schema, "RUNNING") == in_flight, 120, 0.2, slots)
+            busy = rss_mib(worker.proc.pid)
+            bench.parked.enqueue_many([(f"never-{i}",) for i in range(suspended)])
+            wait_until(lambda: count(url, schema, "WAITING") == suspended, 600, 0.5, "suspensions")
+            parked = rss_mib(worker.proc.pid)
+        bench.app.close()
+    return idle, busy, parked
+
+
+def memory_main(args: argparse.Namespace, url: str) -> None:
+    rows = [
+        Row("worker RSS, idle", "MiB"),
+        Row(f"worker RSS, {args.in_flight:,} async runs in flight", "MiB"),
+        Row(f"  ... then {args.suspended:,} durable runs suspended", "MiB"),
+    ]
+    for run in range(args.runs):
+        for row, value in zip(
+            rows, worker_memory(url, args.in_flight, args.suspended), strict=True
+        ):
+            row.record(value, run)
+    print()
+    print_table(rows)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Measure at each depth and print the table."""
     args = parse_args(argv)
     url = database_url()
+    if args.memory:
+        memory_main(args, url)
+        return
     print(f"durably cost growth on {describe_url(url)}, {args.runs} runs each", file=sys.stderr)
     kept = f", {args.finished:,} finished kept" if args.finished else ""
     rows = []

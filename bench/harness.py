@@ -92,7 +92,15 @@ class WorkerProcess:
     """``python -m durably worker bench.apps:app`` on one schema, as a context manager.
     ``durable_slots``, when given, sets the worker's pool of durable slots (else its default)."""
 
-    def __init__(self, url: str, schema: str, slots: int, durable_slots: int | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        schema: str,
+        slots: int,
+        durable_slots: int | None = None,
+        *extra: str,
+    ) -> None:
+        self.extra = extra  # more `durably worker` options
         self.url = url
         self.schema = schema
         self.slots = slots
@@ -121,6 +129,7 @@ class WorkerProcess:
         ]
         if self.durable_slots is not None:
             command += ["--durable-slots", str(self.durable_slots)]
+        command += self.extra
         self.proc = subprocess.Popen(
             command, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT
         )
