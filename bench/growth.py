@@ -53,26 +53,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--depths", default="1000,100000,1000000", help="runs queued ahead of the claims")
     add("--finished", type=int, default=0, help="also keep this many COMPLETED runs")
     add("--samples", type=int, default=300, help="claims timed per measurement")
+    add("--drain", type=int, default=20_000, help="runs timed per drain at each depth (0: none)")
+    add("--slots", type=int, default=500, help="slots of the draining worker")
     add("--memory", action="store_true", help="measure worker memory instead")
     add("--in-flight", type=int, default=1_000, help="async runs in flight (--memory)")
     add("--suspended", type=int, default=10_000, help="suspended durable runs (--memory)")
     return parser.parse_args(argv)
 
 
-def fill(url: str, schema: str, queued: int, finished: int) -> None:
-    """Create durably's tables in ``schema`` and fill them in bulk."""
+def fill(url: str, schema: str, queued: int, finished: int, task: str = "noop") -> None:
+    """Create durably's tables in ``schema`` and fill them in bulk with runs of ``task``."""
     asyncio.run(_migrate(url, schema))
     runs = f'"{schema}".runs'
     with connect(url) as conn:
         conn.execute(
-            f"INSERT INTO {runs} (task, args) SELECT 'noop', %s::jsonb FROM generate_series(1, %s)",
-            (ARGS, queued),
+            f"INSERT INTO {runs} (task, args) SELECT %s, %s::jsonb FROM generate_series(1, %s)",
+            (task, ARGS, queued),
         )
         if finished:
             conn.execute(
                 f"INSERT INTO {runs} (task, args, status, result, finished_at) "
-                "SELECT 'noop', %s::jsonb, 'COMPLETED', 'null', now() FROM generate_series(1, %s)",
-                (ARGS, finished),
+                "SELECT %s, %s::jsonb, 'COMPLETED', 'null', now() FROM generate_series(1, %s)",
+                (task, ARGS, finished),
             )
         conn.execute(f"VACUUM ANALYZE {runs}")
 
@@ -99,6 +101,30 @@ async def claim_latencies(url: str, schema: str, samples: int) -> list[float]:
     finally:
         await store.close()
     return latencies
+
+
+def drain_at_depth(url: str, depth: int, count: int, slots: int) -> float:
+    """Tasks/s of one worker process (async no-op tasks) over its first ``count`` runs, with
+    ``depth`` runs queued when it starts; from the first claim to the count-th completion."""
+    with throwaway_schema(url) as schema:
+        fill(url, schema, depth, 0, task="bench.noop")
+        with WorkerProcess(url, schema, slots) as worker:
+            wait_until(lambda: count_done(url, schema, worker) >= count, 600, 0.2, "the drain")
+            worker.stop()
+        with connect(url) as conn:
+            row = conn.execute(
+                f'SELECT EXTRACT(EPOCH FROM (SELECT finished_at FROM "{schema}".runs '
+                "WHERE status = 'COMPLETED' ORDER BY finished_at OFFSET %s LIMIT 1) "
+                f'- (SELECT min(started_at) FROM "{schema}".runs))::float8',
+                (count - 1,),
+            ).fetchone()
+    assert row is not None
+    return count / float(row[0])
+
+
+def count_done(url: str, schema: str, worker: WorkerProcess) -> int:
+    worker.check_alive()
+    return count(url, schema, "COMPLETED")
 
 
 def rss_mib(pid: int) -> float:
@@ -177,12 +203,20 @@ def main(argv: list[str] | None = None) -> None:
             p50.record(percentile(latencies, 0.5), run, digits=3)
             p99.record(percentile(latencies, 0.99), run, digits=3)
         rows += [p50, p99]
+    if args.drain:
+        for depth in int_list(args.depths):
+            row = Row(
+                f"drain, first {args.drain:,} of {max(depth, args.drain):,} queued", "tasks/s"
+            )
+            for run in range(args.runs):
+                row.record(drain_at_depth(url, max(depth, args.drain), args.drain, args.slots), run)
+            rows.append(row)
     print()
     print_table(rows)
-    medians = [f"{r.median:.3f}" for r in rows[::2]]
+    p50s = [r for r in rows if r.name.startswith("claim p50")]
     print(
-        f"\nclaim p50 (ms) by depth: {' / '.join(medians)}; deepest / shallowest: "
-        f"{rows[-2].median / rows[0].median:.2f}"
+        f"\nclaim p50 (ms) by depth: {' / '.join(f'{r.median:.3f}' for r in p50s)}; "
+        f"deepest / shallowest: {p50s[-1].median / p50s[0].median:.2f}"
     )
 
 

@@ -172,7 +172,7 @@ def _scenario(app: durably.App, url: str, schema: str, disk: SmallDisk, gate: Pa
         ).fetchall()
     spaces: dict[str, str] = {row[0]: row[1] for row in placed}
     assert spaces.pop("effects") == spaces.pop("effects (toast)") == "pg_default"
-    assert {"runs", "runs (toast)", "runs_claim", "workers"} <= set(spaces), spaces
+    assert {"runs", "runs (toast)", "runs_claim_pool", "workers"} <= set(spaces), spaces
     assert set(spaces.values()) == {TABLESPACE}, f"durably's relations are on the tmpfs: {spaces}"
 
     def query(text: str) -> list[tuple[Any, ...]]:

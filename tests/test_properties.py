@@ -427,7 +427,7 @@ class StoreMachine(RuleBasedStateMachine):
         ]
         expected = sorted(due, key=lambda r: (-r.priority, r.id))[:free]
         if rows is None:
-            rows = self.run(self.store.claim(worker.id, worker.queues, names, free, LONG))
+            rows = self.run(self.store.claim(worker.id, worker.queues, names, free, LONG, durable))
         else:
             taken = {row[0] for row in rows}
             assert len(taken) <= free and taken <= {r.id for r in due}, (
@@ -1310,7 +1310,7 @@ class StoreMachine(RuleBasedStateMachine):
 
     def claim_statement(self, worker: MWorker, durable: bool) -> Coroutine[Any, Any, list[Any]]:
         names, free = self.claim_args(worker, durable)
-        return self.store.claim(worker.id, worker.queues, names, free, LONG)
+        return self.store.claim(worker.id, worker.queues, names, free, LONG, durable)
 
     def race_finish_suspend(self, pick: Picks) -> None:
         """A child's outcome against its parent's suspension: the parent is queued by the

@@ -12,6 +12,7 @@ import psycopg
 import pytest
 
 import durably
+from durably.store import _QUERIES
 from tests.helpers import wait_until
 
 
@@ -302,3 +303,31 @@ def test_result_waits_without_polling_the_run(app: durably.App) -> None:
         assert handle.result(timeout=10) == "open"
         # Woken by the completion notification, well before the 5 s re-check timer.
         assert time.monotonic() - started < 2.0
+
+
+def test_a_pool_claim_does_not_read_the_other_pools_runs(
+    app: durably.App, db: psycopg.Connection[Any], schema: str
+) -> None:
+    """The durable pool's claim, with only task runs queued, finds nothing without reading
+    them (a million queued task runs once made it scan them all on every claim)."""
+
+    @app.task(name="plain")
+    def plain() -> None:
+        pass
+
+    plain.enqueue_many([()] * 2_000)
+    db.execute(f'ANALYZE "{schema}".runs')
+    sql = _QUERIES["claim_pick_one_queue"].replace("{schema}", f'"{schema}"')
+    params = {"queues": ["default"], "tasks": ["flow"], "durable": True, "limit": 10}
+    with db.transaction():
+        plan = db.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", params).fetchone()
+        assert plan is not None
+        nodes = []
+        stack = [plan[0][0]["Plan"]]
+        while stack:
+            node = stack.pop()
+            nodes.append(node)
+            stack += node.get("Plans", [])
+    scans = [n for n in nodes if n.get("Relation Name") == "runs"]
+    assert [n.get("Index Name") for n in scans] == ["runs_claim_pool"]
+    assert sum(n.get("Rows Removed by Filter", 0) for n in scans) == 0

@@ -376,15 +376,23 @@ class Store:
     # -- worker side -------------------------------------------------------------------------
 
     async def claim(
-        self, worker_id: str, queues: list[str], tasks: list[str], limit: int, lease: float
+        self,
+        worker_id: str,
+        queues: list[str],
+        tasks: list[str],
+        limit: int,
+        lease: float,
+        durable: bool = False,
     ) -> list[Row]:
-        """Claim up to ``limit`` due runs in one statement (FOR UPDATE SKIP LOCKED)."""
+        """Claim up to ``limit`` due runs of ``tasks`` in one statement (FOR UPDATE SKIP LOCKED):
+        durable runs or task runs, as the slot pool being filled."""
         params = {
             "worker_id": worker_id,
             "queues": queues,
             "tasks": tasks,
             "limit": limit,
             "lease": lease,
+            "durable": durable,
         }
         name = "claim_one_queue" if len(queues) == 1 else "claim_queues"
         return await self.fetch(name, params)

@@ -264,7 +264,7 @@ class Worker:
                 idle = False if names else idle
                 self._left_behind[durable] = bool(names)
                 continue
-            rows = await self.store.claim(self.id, self.queues, names, free, self.lease)
+            rows = await self.store.claim(self.id, self.queues, names, free, self.lease, durable)
             claimed = [row for row in rows if row[1] is not None]
             for row in claimed:
                 self._start(row)

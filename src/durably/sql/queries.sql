@@ -105,6 +105,7 @@ SELECT id, NULL, NULL, NULL, NULL, NULL, NULL FROM woken;
 SELECT id FROM {schema}.runs
     WHERE status = 'QUEUED'
       AND queue = (%(queues)s::text[])[1]
+      AND durable = %(durable)s
       AND task = ANY(%(tasks)s::text[])
       AND run_at <= now()
       AND (schedule_deadline IS NULL OR schedule_deadline > now())
@@ -120,6 +121,7 @@ SELECT c.id FROM unnest(%(queues)s::text[]) AS q(name)
         SELECT id, priority FROM {schema}.runs
         WHERE status = 'QUEUED'
           AND queue = q.name
+          AND durable = %(durable)s
           AND task = ANY(%(tasks)s::text[])
           AND run_at <= now()
           AND (schedule_deadline IS NULL OR schedule_deadline > now())
