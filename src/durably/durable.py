@@ -94,6 +94,29 @@ class DurableRun:
 
     # -- appends -------------------------------------------------------------------------------
 
+    async def _append(
+        self, seq: int, kind: str, name: str, key: str, input_value: Any, **fields: Any
+    ) -> tuple[Any, ...]:
+        """Append one entry, fenced; returns (stored result, seconds until its wake time).
+        ``fields`` overrides result, error, sleep (seconds) and done."""
+        params = {
+            **self._fence(),
+            "seq": seq,
+            "kind": kind,
+            "name": name,
+            "key": key,
+            "input": dumps(input_value),
+            "result": None,
+            "error": None,
+            "sleep": None,
+            "done": False,
+            **fields,
+        }
+        row = await self._db(self.store.log_append(params))
+        self._check(row is not None)
+        assert row is not None
+        return tuple(row)
+
     async def append(
         self,
         seq: int,
@@ -105,70 +128,37 @@ class DurableRun:
         error: dict[str, Any] | None,
     ) -> Any:
         """Append a finished entry; returns the stored result."""
-        row = await self._db(
-            self.store.log_append(
-                {
-                    **self._fence(),
-                    "seq": seq,
-                    "kind": kind,
-                    "name": name,
-                    "key": key,
-                    "input": dumps(input_value),
-                    "result": None if result is None else dumps(result),
-                    "error": None if error is None else dumps(error),
-                    "sleep": None,
-                    "done": True,
-                }
-            )
+        row = await self._append(
+            seq,
+            kind,
+            name,
+            key,
+            input_value,
+            result=None if result is None else dumps(result),
+            error=None if error is None else dumps(error),
+            done=True,
         )
-        self._check(row is not None)
-        assert row is not None
         return row[0]
 
     async def append_sleep(self, seq: int, key: str, seconds: float) -> float:
         """Record a timer; returns the seconds left (database clock)."""
-        row = await self._db(
-            self.store.log_append(
-                {
-                    **self._fence(),
-                    "seq": seq,
-                    "kind": "sleep",
-                    "name": "sleep",
-                    "key": key,
-                    "input": dumps({"seconds": seconds}),
-                    "result": None,
-                    "error": None,
-                    "sleep": float(seconds),
-                    "done": False,
-                }
-            )
+        row = await self._append(
+            seq, "sleep", "sleep", key, {"seconds": seconds}, sleep=float(seconds)
         )
-        self._check(row is not None)
-        assert row is not None
         return float(row[1])
 
     async def append_wait(
         self, seq: int, key: str, event: str, timeout: float | None
     ) -> float | None:
         """Record an event wait (with its deadline, if any)."""
-        row = await self._db(
-            self.store.log_append(
-                {
-                    **self._fence(),
-                    "seq": seq,
-                    "kind": "event",
-                    "name": event,
-                    "key": key,
-                    "input": dumps({"key": event, "timeout": timeout}),
-                    "result": None,
-                    "error": None,
-                    "sleep": None if timeout is None else float(timeout),
-                    "done": False,
-                }
-            )
+        row = await self._append(
+            seq,
+            "event",
+            event,
+            key,
+            {"key": event, "timeout": timeout},
+            sleep=None if timeout is None else float(timeout),
         )
-        self._check(row is not None)
-        assert row is not None
         return None if row[1] is None else float(row[1])
 
     async def complete(self, seq: int, result: Any, error: dict[str, Any] | None) -> None:
