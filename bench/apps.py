@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import durably
+from bench.peers.common import Probe
 from durably.tasks import Task
 
 SCHEMA_ENV = "DURABLY_BENCH_SCHEMA"
@@ -58,6 +59,11 @@ async def steps(ctx: durably.DurableContext, count: int) -> int:
     for _ in range(count):
         value = await ctx.step(inc, value)
     return value
+
+
+async def probe(n: int, path: str) -> None:
+    """Note when the body started, for the side-by-side pickup latency (bench.compare)."""
+    Probe(path).record(n)
 
 
 async def hold(seconds: float) -> None:
@@ -107,6 +113,7 @@ class BenchApp:
     noop_sync: Task[[], Any]
     item: Task[[int], Any]
     started: Task[[], Any]
+    probe: Task[[int, str], Any]
     three_steps: Task[[durably.DurableContext, int], Any]
     steps: Task[[durably.DurableContext, int], Any]
     replayable: Task[[durably.DurableContext, int], Any]
@@ -115,7 +122,7 @@ class BenchApp:
 
     def task(self, name: str) -> Task[..., Any]:
         """A task by its short name (``noop``, ``noop_sync``, ``item``, ``started``,
-        ``three_steps``, ``steps``, ``replayable``, ``hold``, ``parked``)."""
+        ``probe``, ``three_steps``, ``steps``, ``replayable``, ``hold``, ``parked``)."""
         task: Task[..., Any] = getattr(self, name)
         return task
 
@@ -129,6 +136,7 @@ def build(schema: str, url: str | None = None) -> BenchApp:
         noop_sync=app.task(name="bench.noop_sync")(noop_sync),
         item=app.task(name="bench.item")(item),
         started=app.task(name="bench.started")(started),
+        probe=app.task(name="bench.probe")(probe),
         three_steps=app.durable_task(name="bench.three_steps")(three_steps),
         steps=app.durable_task(name="bench.steps")(steps),
         replayable=app.durable_task(name="bench.replayable")(replayable),

@@ -19,6 +19,7 @@ import json
 import time
 
 from bench import durable_workloads as work
+from bench import plots
 from bench.harness import database_url, int_list
 from bench.queue import Row
 from durably.store import describe_url
@@ -35,7 +36,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--in-flight", type=int, default=10, help="workflows outstanding in the concurrent run")
     add("--step-counts", default="0,10,20,40", help="steps per workflow for the step overhead")
     add("--per-count", type=int, default=30, help="workflows of each step count per run")
-    add("--sizes", default="100,1000,10000", help="log lengths (recorded steps) to resume")
+    add("--sizes", default="100,1000,3000,10000", help="log lengths (recorded steps) to resume")
     add("--repeats", type=int, default=9, help="re-executions of each log length per run")
     add("--slots", type=int, default=10, help="the worker's --slots (task slots, unused here)")
     add("--durable-slots", type=int, default=100, help="the worker's --durable-slots")
@@ -98,6 +99,16 @@ def resume_rows(args: argparse.Namespace, url: str) -> list[Row]:
         for n in sizes:
             totals[n].record(seconds[n] * 1000, run, **WIDE)
             per_event[n].record((seconds[n] - seconds[0]) / n * 1e6, run, **WIDE)
+    points = [(0.0, base.median)] + [(float(n), totals[n].median) for n in sizes]
+    path = plots.curves(
+        "resume",
+        "Re-executing a durable run against its event log (median)",
+        "recorded steps in the log",
+        "claim to recorded end (ms)",
+        {"re-execution": points},
+        logx=True,
+    )
+    print(f"  curve written to {path}", file=sys.stderr)
     return [*per_event.values(), base, *totals.values()]
 
 

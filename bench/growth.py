@@ -26,10 +26,14 @@ if __name__ == "__main__" and not __package__:
 
 import argparse
 import asyncio
+import statistics
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from bench import apps
+from bench import apps, plots
 from bench.harness import (
     WorkerProcess,
     connect,
@@ -56,6 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--drain", type=int, default=20_000, help="runs timed per drain at each depth (0: none)")
     add("--slots", type=int, default=500, help="slots of the draining worker")
     add("--memory", action="store_true", help="measure worker memory instead")
+    add("--private", action="store_true", help="use a private PostgreSQL (for --finished 10M)")
     add("--in-flight", type=int, default=1_000, help="async runs in flight (--memory)")
     add("--suspended", type=int, default=10_000, help="suspended durable runs (--memory)")
     return parser.parse_args(argv)
@@ -143,51 +148,127 @@ def count(url: str, schema: str, status: str) -> int:
     return int(row[0]) if row else 0
 
 
-def worker_memory(url: str, in_flight: int, suspended: int) -> tuple[float, float, float]:
-    """(idle, with ``in_flight`` async runs in flight, with ``suspended`` runs suspended) MiB."""
+def steps_to(total: int, points: int) -> list[int]:
+    """``points`` evenly spaced counts ending at ``total`` (the x values of a curve)."""
+    return [total * (i + 1) // points for i in range(points)]
+
+
+Curve = list[tuple[float, float]]
+
+
+def worker_memory(url: str, in_flight: int, suspended: int, points: int) -> tuple[Curve, Curve]:
+    """RSS (MiB) of one worker process as async runs come into flight (0 to ``in_flight``),
+    then, with those still in flight, as durable runs suspend (0 to ``suspended``)."""
     with throwaway_schema(url) as schema:
         bench = apps.build(schema, url)
         bench.app.migrate()
-        slots = str(in_flight)
         with WorkerProcess(
             url, schema, in_flight, 200, "--evict-after", "0.1", "--grace-period", "0"
         ) as worker:
             worker.wait_ready()
             assert worker.proc is not None
+            pid = worker.proc.pid
             time.sleep(1.0)  # settle after start-up
-            idle = rss_mib(worker.proc.pid)
-            bench.hold.enqueue_many([(60.0,)] * in_flight)
-            wait_until(lambda: count(url, schema, "RUNNING") == in_flight, 120, 0.2, slots)
-            busy = rss_mib(worker.proc.pid)
-            bench.parked.enqueue_many([(f"never-{i}",) for i in range(suspended)])
-            wait_until(lambda: count(url, schema, "WAITING") == suspended, 600, 0.5, "suspensions")
-            parked = rss_mib(worker.proc.pid)
+            flight: Curve = [(0, rss_mib(pid))]
+            for n in steps_to(in_flight, points):
+                bench.hold.enqueue_many([(600.0,)] * (n - int(flight[-1][0])))
+                wait_until(lambda n=n: count(url, schema, "RUNNING") == n, 120, 0.2, "in flight")
+                flight.append((n, rss_mib(pid)))
+            parked: Curve = [(0, flight[-1][1])]
+            for n in steps_to(suspended, points):
+                start = int(parked[-1][0])
+                bench.parked.enqueue_many([(f"never-{i}",) for i in range(start, n)])
+                wait_until(lambda n=n: count(url, schema, "WAITING") == n, 600, 0.5, "suspended")
+                parked.append((n, rss_mib(pid)))
         bench.app.close()
-    return idle, busy, parked
+    return flight, parked
 
 
 def memory_main(args: argparse.Namespace, url: str) -> None:
-    rows = [
-        Row("worker RSS, idle", "MiB"),
-        Row(f"worker RSS, {args.in_flight:,} async runs in flight", "MiB"),
-        Row(f"  ... then {args.suspended:,} durable runs suspended", "MiB"),
-    ]
-    for run in range(args.runs):
-        for row, value in zip(
-            rows, worker_memory(url, args.in_flight, args.suspended), strict=True
-        ):
-            row.record(value, run)
+    """RSS curves, each point the median over runs; printed and plotted."""
+    runs = [worker_memory(url, args.in_flight, args.suspended, 4) for _ in range(args.runs)]
+    flight, parked = (
+        [(x, statistics.median(run[i][k][1] for run in runs)) for k, (x, _) in enumerate(curve)]
+        for i, curve in enumerate(runs[0])
+    )
+    rows = [Row(f"worker RSS, {int(x):,} async runs in flight", "MiB", [y]) for x, y in flight]
+    rows += [Row(f"  ... and {int(x):,} durable runs suspended", "MiB", [y]) for x, y in parked[1:]]
     print()
     print_table(rows)
+    path = plots.curves(
+        "memory",
+        f"Worker memory (RSS, median of {args.runs})",
+        "runs",
+        "MiB",
+        {
+            "async runs in flight": flight,
+            f"durable runs suspended (with {args.in_flight:,} in flight)": parked,
+        },
+    )
+    print(f"curve written to {path}", file=sys.stderr)
+
+
+def plot_growth(args: argparse.Namespace, rows: list[Row]) -> None:
+    """Claim latency and drain throughput against the queued depth."""
+    depths = int_list(args.depths)
+    suffix = f", {args.finished:,} finished kept" if args.finished else ""
+    claim = {
+        q: [(float(d), r.median) for d, r in zip(depths, rows[i::2], strict=False)]
+        for i, q in enumerate(("claim p50", "claim p99"))
+    }
+    name = "growth-claim" + ("-finished" if args.finished else "")
+    paths = [
+        plots.curves(
+            name, f"Claim latency by queue depth{suffix}", "runs queued", "ms", claim, logx=True
+        )
+    ]
+    drains = [r for r in rows if r.name.startswith("drain")]
+    if drains:
+        points = [
+            (float(max(d, args.drain)), r.median) for d, r in zip(depths, drains, strict=True)
+        ]
+        paths.append(
+            plots.curves(
+                "growth-drain",
+                f"Drain of the first {args.drain:,} runs by queue depth",
+                "runs queued",
+                "tasks/s",
+                {"one worker, async no-op": points},
+                logx=True,
+            )
+        )
+    print(f"curves written to {', '.join(map(str, paths))}", file=sys.stderr)
+
+
+@contextmanager
+def server(private: bool) -> Iterator[str]:
+    """The benchmark database: a private PostgreSQL in a temporary directory (so that tens of
+    millions of rows never fill a shared server), else the usual one."""
+    if not private:
+        yield database_url()
+        return
+    from tests.chaos.server import PrivateServer
+
+    with tempfile.TemporaryDirectory(prefix="durably-growth-") as pgdata:
+        instance = PrivateServer(Path(pgdata) / "pgdata")  # started
+        try:
+            yield instance.url
+        finally:
+            instance.cleanup()
 
 
 def main(argv: list[str] | None = None) -> None:
     """Measure at each depth and print the table."""
     args = parse_args(argv)
-    url = database_url()
-    if args.memory:
-        memory_main(args, url)
-        return
+    with server(args.private) as url:
+        if args.memory:
+            memory_main(args, url)
+        else:
+            growth_main(args, url)
+
+
+def growth_main(args: argparse.Namespace, url: str) -> None:
+    """Claim latency (and drain throughput) at each depth: printed and plotted."""
     print(f"durably cost growth on {describe_url(url)}, {args.runs} runs each", file=sys.stderr)
     kept = f", {args.finished:,} finished kept" if args.finished else ""
     rows = []
@@ -218,6 +299,7 @@ def main(argv: list[str] | None = None) -> None:
         f"\nclaim p50 (ms) by depth: {' / '.join(f'{r.median:.3f}' for r in p50s)}; "
         f"deepest / shallowest: {p50s[-1].median / p50s[0].median:.2f}"
     )
+    plot_growth(args, rows)
 
 
 if __name__ == "__main__":
