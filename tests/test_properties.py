@@ -442,7 +442,7 @@ class StoreMachine(RuleBasedStateMachine):
             f"{[r.id for r in expected]} (priority DESC, id)"
         )
         for run in expected:
-            _, task, _, attempt, failures, max_retries, has_log = got[run.id]
+            _, task, _, attempt, failures, max_retries, has_log, _ = got[run.id]
             assert (task, attempt, failures, max_retries) == (
                 run.task,
                 run.attempt + 1,

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from . import telemetry
 from .errors import ChildFailed, NonDeterminismError, StepFailed
 from .serde import dumps, error_dict
 
@@ -239,7 +240,7 @@ class DurableContext:
     def spawn(self, task: Task[Any, Any], *args: Any, **kwargs: Any) -> Child:
         """Start a child run now (its sequence number is taken at once); await the returned
         :class:`Child`, or pass several to :meth:`gather`, for results."""
-        run = task.new_run(args, kwargs, task_options())
+        run = task.new_run(args, kwargs, task_options(), telemetry.carrier())
         seq, key, _, entry = self._lookup(
             "child", task.name, {"args": list(args), "kwargs": kwargs}
         )

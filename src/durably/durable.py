@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import failpoints
+from . import failpoints, telemetry
 from .context import DurableContext, Entry, Suspend, SyncDurableContext
 from .errors import LeaseLost, NonDeterminismError
 from .serde import dumps
@@ -114,6 +114,7 @@ class DurableRun:
         }
         row = await self._db(self.store.log_append(params))
         self._check(row is not None)
+        telemetry.event(kind, seq=seq, name=name, failed=fields.get("error") is not None)
         assert row is not None
         return tuple(row)
 
@@ -188,11 +189,13 @@ class DurableRun:
                     "max_recoveries": run.max_recoveries,
                     "schedule_timeout": run.schedule_timeout,
                     "durable": durable,
+                    "trace_context": run.trace_context,
                 }
             )
         )
         self._check(child_id is not None)
         assert child_id is not None
+        telemetry.event("child", seq=seq, name=run.task, child_id=child_id)
         failpoints.hit("after_spawn", run.task)
         return child_id
 

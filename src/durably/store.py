@@ -85,6 +85,7 @@ class NewRun:
     schedule_timeout: float | None
     idempotency_key: str | None
     durable: bool = False
+    trace_context: str | None = None  # JSON: the enqueuer's trace (telemetry.carrier)
 
 
 def check_schema_name(schema: str) -> str:
@@ -302,6 +303,7 @@ class Store:
             "schedule_timeout": [r.schedule_timeout for r in runs],
             "idempotency_key": [r.idempotency_key for r in runs],
             "durable": [r.durable for r in runs],
+            "trace_context": [r.trace_context for r in runs],
             "channel": self.channel,
         }
 
@@ -533,7 +535,9 @@ class Store:
 
     async def log_spawn(self, params: dict[str, Any]) -> int | None:
         """Create a child run and its entry, fenced; the child's id, or None."""
-        rows = await self.fetch("log_spawn", {**params, "channel": self.channel})
+        rows = await self.fetch(
+            "log_spawn", {"trace_context": None, **params, "channel": self.channel}
+        )
         return int(rows[0][0]) if rows else None
 
     async def take_event(self, params: dict[str, Any]) -> Row | None:

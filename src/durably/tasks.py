@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, TypeVar
 
 import psycopg
 
+from . import telemetry
 from .errors import RunCancelled, RunFailed
 from .retry import Backoff
 from .serde import Signature, check_text, encode_args
@@ -130,8 +131,15 @@ class Task(Generic[P, R]):
         """Async twin of :meth:`enqueue_many`."""
         return await BoundTask(self, CallOptions()).enqueue_many_async(calls)
 
-    def new_run(self, args: tuple[Any, ...], kwargs: dict[str, Any], opts: CallOptions) -> NewRun:
-        """Check and encode one call into a row to insert."""
+    def new_run(
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        opts: CallOptions,
+        trace_context: str | None = None,
+    ) -> NewRun:
+        """Check and encode one call into a row to insert (``trace_context``: see
+        :func:`durably.telemetry.carrier`)."""
         try:
             self.signature.check_call(args, kwargs)
         except TypeError as exc:
@@ -153,6 +161,7 @@ class Task(Generic[P, R]):
             schedule_timeout=self.schedule_timeout,
             idempotency_key=opts.idempotency_key,
             durable=self.durable,
+            trace_context=trace_context,
         )
 
 
@@ -171,17 +180,18 @@ class BoundTask:
         self, *args: Any, connection: psycopg.Connection[Any] | None = None, **kwargs: Any
     ) -> RunHandle:
         """Enqueue one run (see :meth:`Task.enqueue`)."""
-        run = self.task.new_run(args, kwargs, self.opts)
         app = self.task.app
-        if connection is not None:
-            if not isinstance(connection, psycopg.Connection):
-                raise TypeError(
-                    "enqueue(connection=...) takes a psycopg.Connection; "
-                    "use enqueue_async(connection=...) for an AsyncConnection"
-                )
-            ids = app.call(app.store()).enqueue_sync([run], connection)
-        else:
-            ids = app.call(self._insert([run]))
+        with telemetry.enqueue_span(self.task.name):
+            run = self.task.new_run(args, kwargs, self.opts, telemetry.carrier())
+            if connection is not None:
+                if not isinstance(connection, psycopg.Connection):
+                    raise TypeError(
+                        "enqueue(connection=...) takes a psycopg.Connection; "
+                        "use enqueue_async(connection=...) for an AsyncConnection"
+                    )
+                ids = app.call(app.store()).enqueue_sync([run], connection)
+            else:
+                ids = app.call(self._insert([run]))
         return RunHandle(app, ids[0], self.task)
 
     async def _insert(self, runs: list[NewRun]) -> list[int]:
@@ -191,37 +201,43 @@ class BoundTask:
         self, *args: Any, connection: psycopg.AsyncConnection[Any] | None = None, **kwargs: Any
     ) -> RunHandle:
         """Async twin of :meth:`enqueue`."""
-        run = self.task.new_run(args, kwargs, self.opts)
-        store = await self.task.app.store()
-        ids = await store.enqueue([run], connection)
+        with telemetry.enqueue_span(self.task.name):
+            run = self.task.new_run(args, kwargs, self.opts, telemetry.carrier())
+            store = await self.task.app.store()
+            ids = await store.enqueue([run], connection)
         return RunHandle(self.task.app, ids[0], self.task)
 
     def _new_runs(self, calls: Iterable[tuple[Any, ...]]) -> list[NewRun]:
         runs = []
+        trace_context = telemetry.carrier()  # the same enqueue span for the whole batch
         for i, call in enumerate(calls):
             if not isinstance(call, tuple):
                 raise TypeError(
                     f"{self.task.name}.enqueue_many: item {i} is a {type(call).__name__}, "
                     "expected a tuple of positional arguments, e.g. (order_id, amount)"
                 )
-            runs.append(self.task.new_run(call, {}, self.opts))
+            runs.append(self.task.new_run(call, {}, self.opts, trace_context))
         return runs
 
     def enqueue_many(self, calls: Iterable[tuple[Any, ...]]) -> list[RunHandle]:
         """Enqueue many runs in one round trip."""
-        runs = self._new_runs(calls)
-        if not runs:
-            return []
-        ids = self.task.app.call(self._insert(runs))
+        batch = list(calls)
+        with telemetry.enqueue_span(self.task.name, len(batch)):
+            runs = self._new_runs(batch)
+            if not runs:
+                return []
+            ids = self.task.app.call(self._insert(runs))
         return [RunHandle(self.task.app, i, self.task) for i in ids]
 
     async def enqueue_many_async(self, calls: Iterable[tuple[Any, ...]]) -> list[RunHandle]:
         """Async twin of :meth:`enqueue_many`."""
-        runs = self._new_runs(calls)
-        if not runs:
-            return []
-        store = await self.task.app.store()
-        ids = await store.enqueue(runs)
+        batch = list(calls)
+        with telemetry.enqueue_span(self.task.name, len(batch)):
+            runs = self._new_runs(batch)
+            if not runs:
+                return []
+            store = await self.task.app.store()
+            ids = await store.enqueue(runs)
         return [RunHandle(self.task.app, i, self.task) for i in ids]
 
 

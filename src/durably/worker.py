@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from . import failpoints
+from . import failpoints, telemetry
 from .context import CURRENT_RUN, Suspend
 from .durable import DurableRun
 from .errors import (
@@ -64,6 +64,7 @@ class _Execution:
     failures: int
     max_retries: int
     has_log: bool
+    trace_context: Any = None  # the enqueuer's trace, continued by this attempt's span
     future: asyncio.Task[None] | None = None
     claimed_at: float = field(default_factory=time.monotonic)
     abandoned: bool = False
@@ -278,9 +279,11 @@ class Worker:
         return min(self.poll_interval, due) if due is not None and due > 0 else self.poll_interval
 
     def _start(self, row: tuple[Any, ...]) -> None:
-        run_id, task_name, args, attempt, failures, max_retries, has_log = row
+        run_id, task_name, args, attempt, failures, max_retries, has_log, trace_context = row
         task = self.app.registry[task_name]
-        ex = _Execution(run_id, attempt, task, args, failures, max_retries, bool(has_log))
+        ex = _Execution(
+            run_id, attempt, task, args, failures, max_retries, bool(has_log), trace_context
+        )
         self._running[run_id] = ex
         self.busy[task.durable] += 1
         if failpoints.ENABLED:
@@ -292,7 +295,11 @@ class Worker:
     async def _execute(self, ex: _Execution) -> None:
         outcome: Outcome | None = None
         try:
-            outcome = await self._attempt(ex)
+            log.debug("run %s attempt %s started", ex.run_id, ex.attempt, extra=self._fields(ex))
+            with telemetry.attempt_span(
+                ex.task.name, ex.run_id, ex.attempt, self.id, ex.trace_context
+            ):
+                outcome = await self._attempt(ex)
         except Exception as exc:  # a fault of the worker itself must still end the attempt
             if is_transient(exc):  # e.g. suspending failed: the database went away
                 outcome = self._release(ex, exc)
@@ -300,6 +307,10 @@ class Worker:
                 log.exception("run %s: recording the attempt failed", ex.run_id)
                 outcome = Outcome(ex.run_id, ex.attempt, "fail", error=error_json(exc))
         finally:
+            kind = outcome.kind if outcome is not None else "none (suspended or taken away)"
+            log.debug(
+                "run %s attempt %s ended: %s", ex.run_id, ex.attempt, kind, extra=self._fields(ex)
+            )
             if self._running.get(ex.run_id) is ex:
                 del self._running[ex.run_id]
             if outcome is not None and not ex.abandoned:
@@ -355,6 +366,10 @@ class Worker:
                 return self._release(ex, durable.interrupted)
             return self._failure(ex, exc)
 
+    def _fields(self, ex: _Execution) -> dict[str, Any]:
+        """Structured fields of a log record about one attempt (``record.run_id`` etc.)."""
+        return {"run_id": ex.run_id, "task": ex.task.name, "attempt": ex.attempt, "worker": self.id}
+
     def _failure(self, ex: _Execution, exc: BaseException) -> Outcome:
         error = error_json(exc)
         final = (
@@ -367,7 +382,9 @@ class Worker:
             ex.task.name,
             ex.attempt,
             first_line(exc),
+            extra=self._fields(ex),
         )
+        telemetry.fail(exc, "fail" if final else "retry")
         if final:
             return Outcome(ex.run_id, ex.attempt, "fail", error=error)
         delay = ex.task.backoff.delay(ex.failures + 1)
@@ -382,7 +399,9 @@ class Worker:
             ex.run_id,
             ex.attempt,
             reason,
+            extra=self._fields(ex),
         )
+        telemetry.fail(exc, "release")
         lost = DatabaseUnavailable(f"the attempt lost the database: {reason}")
         return Outcome(ex.run_id, ex.attempt, "release", error=error_json(lost))
 

@@ -33,16 +33,18 @@ WITH input AS (
     SELECT * FROM unnest(
         %(task)s::text[], %(queue)s::text[], %(priority)s::integer[], %(args)s::text[],
         %(max_retries)s::integer[], %(max_recoveries)s::integer[], %(delay)s::float8[],
-        %(schedule_timeout)s::float8[], %(idempotency_key)s::text[], %(durable)s::boolean[]
+        %(schedule_timeout)s::float8[], %(idempotency_key)s::text[], %(durable)s::boolean[],
+        %(trace_context)s::text[]
     ) WITH ORDINALITY AS t(task, queue, priority, args, max_retries, max_recoveries, delay,
-                          schedule_timeout, idempotency_key, durable, ord)
+                          schedule_timeout, idempotency_key, durable, trace_context, ord)
 ), inserted AS (
     INSERT INTO {schema}.runs (task, queue, priority, args, max_retries, max_recoveries,
-                               run_at, schedule_deadline, idempotency_key, durable)
+                               run_at, schedule_deadline, idempotency_key, durable,
+                               trace_context)
     SELECT task, queue, priority, args::jsonb, max_retries, max_recoveries,
            now() + make_interval(secs => delay),
            now() + make_interval(secs => delay + schedule_timeout),
-           idempotency_key, durable
+           idempotency_key, durable, trace_context::jsonb
     FROM input
     ORDER BY ord  -- identities are drawn in this order, so ids ascend in input order
     ON CONFLICT (task, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
@@ -58,11 +60,12 @@ FROM inserted;
 -- `enqueue` of a single run with scalar parameters: no arrays to build, send and unnest.
 WITH inserted AS (
     INSERT INTO {schema}.runs (task, queue, priority, args, max_retries, max_recoveries,
-                               run_at, schedule_deadline, idempotency_key, durable)
+                               run_at, schedule_deadline, idempotency_key, durable,
+                               trace_context)
     VALUES (%(task)s, %(queue)s, %(priority)s, %(args)s::jsonb, %(max_retries)s,
             %(max_recoveries)s, now() + make_interval(secs => %(delay)s::float8),
             now() + make_interval(secs => %(delay)s::float8 + %(schedule_timeout)s::float8),
-            %(idempotency_key)s, %(durable)s)
+            %(idempotency_key)s, %(durable)s, %(trace_context)s::jsonb)
     ON CONFLICT (task, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id, task, queue, idempotency_key
 )
@@ -92,13 +95,15 @@ WITH woken AS (
         started_at = now()
     FROM picked
     WHERE r.id = picked.id
-    RETURNING r.id, r.task, r.args, r.attempt, r.failures, r.max_retries, r.durable
+    RETURNING r.id, r.task, r.args, r.attempt, r.failures, r.max_retries, r.durable,
+              r.trace_context
 )
 SELECT c.id, c.task, c.args, c.attempt, c.failures, c.max_retries,
-       c.durable AND EXISTS (SELECT 1 FROM {schema}.event_log l WHERE l.run_id = c.id)
+       c.durable AND EXISTS (SELECT 1 FROM {schema}.event_log l WHERE l.run_id = c.id),
+       c.trace_context
 FROM claimed c
 UNION ALL
-SELECT id, NULL, NULL, NULL, NULL, NULL, NULL FROM woken;
+SELECT id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM woken;
 
 -- name: claim_pick_one_queue
 -- The `picked` part of `claim` for a worker serving one queue: one ordered index scan.
@@ -408,10 +413,10 @@ WITH held AS (
     FOR SHARE
 ), child AS (
     INSERT INTO {schema}.runs (task, queue, priority, args, max_retries, max_recoveries,
-                               schedule_deadline, durable, parent_id, parent_seq)
+                               schedule_deadline, durable, parent_id, parent_seq, trace_context)
     SELECT %(task)s, %(queue)s, %(priority)s, %(args)s::jsonb, %(max_retries)s,
            %(max_recoveries)s, now() + make_interval(secs => %(schedule_timeout)s), %(durable)s,
-           held.id, %(seq)s
+           held.id, %(seq)s, %(trace_context)s::jsonb
     FROM held
     RETURNING id, queue
 ), entry AS (
