@@ -63,10 +63,15 @@ def test_a_workflow_and_its_children_form_one_trace(
     def add_tax(amount: int) -> int:
         return amount + 1
 
+    async def record(conn: Any, amount: int) -> int:
+        await conn.execute("SELECT %s::int", (amount,))
+        return amount
+
     @app.durable_task(name="order")
     async def order(ctx: durably.DurableContext, amount: int) -> int:
         charged = await ctx.run(charge, amount)
-        return int(await ctx.step(add_tax, charged))
+        taxed = int(await ctx.step(add_tax, charged))
+        return int(await ctx.transaction(record, taxed))
 
     tracer = trace.get_tracer("tests")
     with app.worker(slots=2, durable_slots=2):
@@ -96,9 +101,8 @@ def test_a_workflow_and_its_children_form_one_trace(
     attempts = {r.attributes["durably.attempt"] for r in runs if r.attributes}
     assert attempts == set(range(1, len(runs) + 1))
     events = [e for r in runs for e in r.events]
-    step = [e for e in events if e.name == "durably.step"]
-    assert len(step) == 1 and step[0].attributes is not None
-    assert step[0].attributes["durably.seq"] == 1
+    recorded = [(e.name, e.attributes and e.attributes["durably.seq"]) for e in events]
+    assert recorded == [("durably.child", 0), ("durably.step", 1), ("durably.transaction", 2)]
 
 
 def test_a_failed_attempt_is_an_error_span(app: durably.App, spans: InMemorySpanExporter) -> None:

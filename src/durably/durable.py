@@ -220,6 +220,7 @@ class DurableRun:
             run = self.store.in_transaction_sync
             held, value = await self._db(asyncio.to_thread(run, params, fn, args, dumps))
         self._check(held)
+        telemetry.event("transaction", seq=seq, name=name)
         return value
 
     # -- waits ---------------------------------------------------------------------------------
