@@ -351,6 +351,89 @@ class App:
             thread.join()
             worker.raise_if_crashed()
 
+    # -- operator views (dashboard and CLI): read-only, paged, rows as dicts ---------------
+
+    async def runs_page_async(self, **query: Any) -> list[dict[str, Any]]:
+        """A page of runs, newest first: filters ``status``, ``task``, ``queue``,
+        ``created_after``, ``created_before`` (datetimes), ``within`` (seconds), paged with
+        ``before_id`` / ``after_id`` and ``limit`` (see :meth:`Store.runs_page`)."""
+        return await (await self.store()).runs_page(**query)
+
+    def runs_page(self, **query: Any) -> list[dict[str, Any]]:
+        """A page of runs (see :meth:`runs_page_async`)."""
+        return self.call(self.runs_page_async(**query))
+
+    async def run_detail_async(self, run_id: int) -> dict[str, Any] | None:
+        """One run in full, with the number of its events, children and archived events."""
+        return await (await self.store()).run_detail(run_id)
+
+    def run_detail(self, run_id: int) -> dict[str, Any] | None:
+        """One run in full (see :meth:`run_detail_async`)."""
+        return self.call(self.run_detail_async(run_id))
+
+    async def events_page_async(
+        self, run_id: int, from_seq: int = 0, limit: int = 200
+    ) -> list[dict[str, Any]]:
+        """Up to ``limit`` entries of a run's event log from ``from_seq``, payloads cut short."""
+        return await (await self.store()).events_page(run_id, from_seq, limit)
+
+    def events_page(self, run_id: int, from_seq: int = 0, limit: int = 200) -> list[dict[str, Any]]:
+        """A page of a run's event log (see :meth:`events_page_async`)."""
+        return self.call(self.events_page_async(run_id, from_seq, limit))
+
+    async def event_detail_async(self, run_id: int, seq: int) -> dict[str, Any] | None:
+        """One entry of a run's event log in full (input, result, error)."""
+        return await (await self.store()).event_detail(run_id, seq)
+
+    def event_detail(self, run_id: int, seq: int) -> dict[str, Any] | None:
+        """One entry of a run's event log (see :meth:`event_detail_async`)."""
+        return self.call(self.event_detail_async(run_id, seq))
+
+    async def task_names_async(self, limit: int = 500) -> list[str]:
+        """The distinct task names of the stored runs (registered on this App or not)."""
+        return await (await self.store()).task_names(limit)
+
+    async def children_page_async(
+        self, run_id: int, after_id: int = 0, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Up to ``limit`` children of a run, oldest first, after the child ``after_id``."""
+        return await (await self.store()).children_page(run_id, after_id, limit)
+
+    def children_page(
+        self, run_id: int, after_id: int = 0, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """A page of a run's children (see :meth:`children_page_async`)."""
+        return self.call(self.children_page_async(run_id, after_id, limit))
+
+    async def workers_overview_async(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Workers, live ones first: slots, runs held, heartbeat age (database clock)."""
+        return await (await self.store()).workers_overview(limit)
+
+    def workers_overview(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Workers (see :meth:`workers_overview_async`)."""
+        return self.call(self.workers_overview_async(limit))
+
+    async def queues_overview_async(
+        self, window: float = 60.0, cap: int = 10_000
+    ) -> list[dict[str, Any]]:
+        """Per queue: depth by status (counts stop at ``cap``), oldest queued age, and runs
+        completed and failed in the last ``window`` seconds."""
+        return await (await self.store()).queues_overview(window, cap)
+
+    def queues_overview(self, window: float = 60.0, cap: int = 10_000) -> list[dict[str, Any]]:
+        """Queues (see :meth:`queues_overview_async`)."""
+        return self.call(self.queues_overview_async(window, cap))
+
+    async def throughput_async(
+        self, minutes: int = 60, queue: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Runs completed and failed per minute over the last ``minutes`` minutes."""
+        return await (await self.store()).throughput(minutes, queue)
+
+    def throughput(self, minutes: int = 60, queue: str | None = None) -> list[dict[str, Any]]:
+        """Completions and failures per minute (see :meth:`throughput_async`)."""
+        return self.call(self.throughput_async(minutes, queue))
+
 
 async def _per_loop(
     cache: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[T]],

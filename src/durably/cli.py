@@ -449,3 +449,48 @@ def queues_list(
 
 async def _fetch(app: App, name: str, params: dict[str, Any] | None) -> list[tuple[Any, ...]]:
     return await (await app.store()).fetch(name, params)
+
+
+@main.command()
+@click.argument("app_arg", metavar="[APP]", required=False)
+@database_options
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8740, show_default=True, type=int, help="Port to listen on.")
+@click.option(
+    "--token",
+    default=None,
+    envvar="DURABLY_DASHBOARD_TOKEN",
+    help="Access token every request must carry (needed to listen beyond 127.0.0.1).",
+)
+@click.option("--read-only", is_flag=True, help="Hide and refuse retry, replay, fork and cancel.")
+@friendly_errors
+def dashboard(
+    app_arg: str | None,
+    app_spec: str | None,
+    database_url: str | None,
+    schema: str | None,
+    host: str,
+    port: int,
+    token: str | None,
+    read_only: bool,
+) -> None:
+    """Serve the web dashboard for APP (module:attribute), or for --database-url/--schema."""
+    from .dashboard import bind_problem
+
+    if app_arg and app_spec:
+        raise click.UsageError("give APP or --app, not both")
+    problem = bind_problem(host, token)
+    if problem is not None:
+        click.echo(f"error: {problem}", err=True)
+        sys.exit(2)
+    try:
+        from .dashboard.server import serve
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"the dashboard needs its extra ({exc.name} is missing): "
+            "pip install 'durably[dashboard]'"
+        ) from None
+    app = resolve_app(app_arg or app_spec, database_url, schema)
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(f"durably dashboard on http://{shown}:{port}/ (schema {app.schema!r})", err=True)
+    serve(app, host=host, port=port, token=token, read_only=read_only)

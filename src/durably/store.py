@@ -14,16 +14,18 @@ import re
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from importlib import resources
 from typing import Any
 
 import psycopg
 import psycopg.errors
 from psycopg import conninfo
+from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from .context import Entry
-from .errors import ConfigurationError, DatabaseFull, DatabaseUnavailable
+from .errors import ConfigurationError, DatabaseFull, DatabaseUnavailable, DurablyError
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
 _PASSWORD = re.compile(r"(://[^:/@\s]*):[^@\s]*@")
@@ -610,6 +612,113 @@ class Store:
     async def log_list(self, run_id: int) -> list[Row]:
         """A run's event log for display."""
         return await self.fetch("log_list", {"run_id": run_id})
+
+    # -- operator views (dashboard and CLI) --------------------------------------------------
+    # Read-only and paged by keyset. Rows are dicts keyed by the column names of the SQL in
+    # queries.sql ("Operator views"), ready for templates, tables and JSON. They run unprepared,
+    # so each is planned with its actual values: NULL filters fold away, and the planner uses
+    # the index that matches the filters given.
+
+    ops_timeout = 10  # seconds an operator view may run before the database cancels it
+
+    async def _ops_fetch(self, name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+        # One short transaction: the limits of ops_limits hold for this statement only.
+        sql = (
+            self._sql[name]
+            .replace("{columns}", self._sql["ops_runs_columns"])
+            .replace("{filter}", self._sql["ops_runs_filter"])
+        )
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = conn.cursor(row_factory=dict_row)
+            try:
+                await cur.execute(self._sql["ops_limits"], {"timeout": f"{self.ops_timeout}s"})
+                await cur.execute(sql, params, prepare=False)
+            except psycopg.errors.UndefinedTable:
+                raise self._not_migrated() from None
+            except psycopg.errors.QueryCanceled:
+                raise DurablyError(
+                    f"{name} took longer than {self.ops_timeout} s and was cancelled: narrow the "
+                    "filters (a status, a task or a time window)"
+                ) from None
+            rows: list[dict[str, Any]] = await cur.fetchall()
+            return rows
+
+    async def runs_page(
+        self,
+        *,
+        status: str | None = None,
+        task: str | None = None,
+        queue: str | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        within: float | None = None,
+        limit: int = 50,
+        before_id: int | None = None,
+        after_id: int | None = None,
+        preview: int = 200,
+    ) -> list[dict[str, Any]]:
+        """Up to ``limit`` runs matching the filters (None: any), newest first. ``before_id``
+        pages to older runs, ``after_id`` to the newer ones; ``within`` keeps runs created in the
+        last so many seconds (database clock); payloads are cut to ``preview`` characters."""
+        params = {
+            "status": status,
+            "task": task,
+            "queue": queue,
+            "created_after": created_after,
+            "created_before": created_before,
+            "within": within,
+            "limit": limit,
+            "before_id": before_id,
+            "after_id": after_id,
+            "preview": preview,
+        }
+        if after_id is None:
+            return await self._ops_fetch("ops_runs_older", params)
+        return list(reversed(await self._ops_fetch("ops_runs_newer", params)))
+
+    async def run_detail(self, run_id: int) -> dict[str, Any] | None:
+        """One run in full, with counts of its events, children and archived events."""
+        rows = await self._ops_fetch("ops_run", {"id": run_id})
+        return rows[0] if rows else None
+
+    async def events_page(
+        self, run_id: int, from_seq: int = 0, limit: int = 200, preview: int = 200
+    ) -> list[dict[str, Any]]:
+        """Up to ``limit`` entries of a run's event log from sequence number ``from_seq``."""
+        params = {"run_id": run_id, "from_seq": from_seq, "limit": limit, "preview": preview}
+        return await self._ops_fetch("ops_events", params)
+
+    async def event_detail(self, run_id: int, seq: int) -> dict[str, Any] | None:
+        """One entry of a run's event log in full."""
+        rows = await self._ops_fetch("ops_event", {"run_id": run_id, "seq": seq})
+        return rows[0] if rows else None
+
+    async def children_page(
+        self, run_id: int, after_id: int = 0, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Up to ``limit`` children of a run, oldest first, after the child ``after_id``."""
+        params = {"id": run_id, "after_id": after_id, "limit": limit}
+        return await self._ops_fetch("ops_children", params)
+
+    async def task_names(self, limit: int = 500) -> list[str]:
+        """The distinct task names of the stored runs."""
+        return [r["task"] for r in await self._ops_fetch("ops_task_names", {"limit": limit})]
+
+    async def workers_overview(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Workers, live ones first: heartbeat age and runs held (task and durable)."""
+        return await self._ops_fetch("ops_workers", {"limit": limit})
+
+    async def queues_overview(
+        self, window: float = 60.0, cap: int = 10_000, limit: int = 100
+    ) -> list[dict[str, Any]]:
+        """Per queue: unfinished runs by status (each count stops at ``cap``), the oldest
+        queued run's age, and runs completed and failed in the last ``window`` seconds."""
+        params = {"window": window, "cap": cap, "limit": limit}
+        return await self._ops_fetch("ops_queues", params)
+
+    async def throughput(self, minutes: int = 60, queue: str | None = None) -> list[dict[str, Any]]:
+        """Runs completed and failed in each of the last ``minutes`` minutes, oldest first."""
+        return await self._ops_fetch("ops_throughput", {"minutes": minutes, "queue": queue})
 
 
 @dataclass(frozen=True)
