@@ -154,9 +154,9 @@ def run_adapter(url: str, engine: Engine, workload: str, *options: str) -> dict[
         command = [str(engine.python), str(engine.script), workload, "--url", fresh, *options]
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
     if done.returncode != 0 or not done.stdout.strip():
-        raise RuntimeError(
-            f"{engine.name} {workload} failed (exit {done.returncode}):\n{done.stderr[-3000:]}"
-        )
+        err = done.stderr
+        shown = err if len(err) < 6000 else f"{err[:3000]}\n[...]\n{err[-3000:]}"
+        raise RuntimeError(f"{engine.name} {workload} failed (exit {done.returncode}):\n{shown}")
     figures: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
     return figures
 
@@ -437,9 +437,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--count", type=int, default=20_000, help="jobs per drain (some peers: fewer, see ENGINES)")
     add("--enqueues", type=int, default=2_000, help="single enqueues per run")
     add("--batch-rows", type=int, default=20_000, help="jobs per batch-enqueue run")
-    add("--samples", type=int, default=100, help="pickup samples per run")
+    add("--samples", type=int, default=60, help="pickup samples per run")
     add("--pause", type=float, default=0.05, help="idle seconds before each pickup sample")
-    add("--workflows", type=int, default=500, help="workflows per workflow run")
+    add("--workflows", type=int, default=200, help="workflows per workflow run")
     add("--per-count", type=int, default=10, help="workflows of each step count per steps run")
     add("--only", action="append", choices=WORKLOADS, help="run only these workloads")
     add(

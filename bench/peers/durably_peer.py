@@ -18,7 +18,7 @@ import argparse
 import asyncio
 import time
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, ClassVar
 
 from bench.apps import DEFAULT_SCHEMA, build
 from bench.harness import WorkerProcess
@@ -34,7 +34,10 @@ class Client:
     """A durably App with the benchmark's tasks and a private event loop to run its async
     calls on, so that sync loops (the shared helpers) can drive the async API."""
 
+    opened: ClassVar[list[Client]] = []  # closed by main() once the figures are out
+
     def __init__(self, url: str) -> None:
+        Client.opened.append(self)
         self.bench = build(SCHEMA, url)
         self.loop = asyncio.new_event_loop()
         self.run(self.bench.app.migrate_async())
@@ -42,6 +45,12 @@ class Client:
     def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
         """Run ``coro`` to completion on the client's loop."""
         return self.loop.run_until_complete(coro)
+
+    def close(self) -> None:
+        """Close the App's connections on the client's loop, then the loop: an adapter run
+        ends without stray pool tasks."""
+        self.run(self.bench.app.aclose())
+        self.loop.close()
 
     async def result(self, task: Any, *args: Any) -> Any:
         """Enqueue one run and wait for its result."""
@@ -153,6 +162,8 @@ def main() -> None:
     """Run one workload once and print its figures."""
     args = common.parse()
     common.emit(WORKLOADS[args.workload](args))
+    for client in Client.opened:
+        client.close()
 
 
 if __name__ == "__main__":
