@@ -331,3 +331,25 @@ def test_a_pool_claim_does_not_read_the_other_pools_runs(
     scans = [n for n in nodes if n.get("Relation Name") == "runs"]
     assert [n.get("Index Name") for n in scans] == ["runs_claim_pool"]
     assert sum(n.get("Rows Removed by Filter", 0) for n in scans) == 0
+
+
+def test_a_run_cancelled_before_its_task_starts_frees_its_slot(app: durably.App) -> None:
+    # The race: a cancel notification arrives between the claim (the asyncio task for the run
+    # is created) and the task's first step. The run's slot must come back all the same.
+    @app.task(name="never_starts")
+    async def never_starts() -> None:
+        raise AssertionError("the body must not run")
+
+    worker = app.make_worker(slots=1)
+
+    async def claim_then_cancel() -> None:
+        row = (1, "never_starts", '{"args": [], "kwargs": {}}', 1, 0, 0, False, None)
+        worker._start(row)
+        assert worker.busy[False] == 1
+        worker._abandon(1, "cancelled")  # before the loop ever ran the task
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    asyncio.run(claim_then_cancel())
+    assert worker.busy[False] == 0
+    assert worker._running == {}

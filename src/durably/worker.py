@@ -289,6 +289,16 @@ class Worker:
         if failpoints.ENABLED:
             self._names[run_id] = task_name
         ex.future = asyncio.create_task(self._execute(ex))
+        ex.future.add_done_callback(lambda _: self._never_started(ex))
+
+    def _never_started(self, ex: _Execution) -> None:
+        """A run cancelled between its claim and its first step (``_abandon`` right after the
+        claim) ends without entering ``_execute``, whose ``finally`` frees the slot: free it
+        here, or the slot would stay taken for good."""
+        if self._running.get(ex.run_id) is ex:
+            del self._running[ex.run_id]
+            self.busy[ex.task.durable] -= 1
+            self._wake.set()
 
     # -- executing -------------------------------------------------------------------------
 
