@@ -5,29 +5,24 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
-from collections.abc import Callable
+import threading
+from datetime import datetime
 from typing import Any
 
 import psycopg
 import pytest
-from click.testing import CliRunner, Result
+from click.testing import CliRunner
 
 import durably
 from durably.cli import main
 from durably.store import LATEST_VERSION, MIGRATIONS
-from tests.helpers import ROOT
+from tests.cli_support import DURABLY, Cli, cli
+from tests.helpers import ROOT, wait_until
 
-
-@pytest.fixture
-def cli(database_url: str, schema: str) -> Callable[..., Result]:
-    """Invoke ``durably <args> --database-url URL --schema S`` in this process."""
-
-    def invoke(*args: str) -> Result:
-        return CliRunner().invoke(main, [*args, "--database-url", database_url, "--schema", schema])
-
-    return invoke
+__all__ = ["cli"]  # the fixture, imported for the tests below
 
 
 def run_module(*args: str) -> subprocess.CompletedProcess[str]:
@@ -53,7 +48,7 @@ def schema_exists(db: psycopg.Connection[Any], schema: str) -> bool:
 
 
 def test_db_status_shows_pending_then_applied(
-    cli: Callable[..., Result], db: psycopg.Connection[Any], schema: str
+    cli: Cli, db: psycopg.Connection[Any], schema: str
 ) -> None:
     fresh = cli("db", "status")
     assert fresh.exit_code == 0, fresh.output
@@ -78,8 +73,48 @@ def test_db_status_shows_pending_then_applied(
     assert "schema is up to date" in again.stdout
 
 
+def test_db_migrate_shows_progress_and_status_as_json(
+    cli: Cli, db: psycopg.Connection[Any], schema: str
+) -> None:
+    pending = json.loads(cli("db", "status", "--json").stdout)
+    assert pending == {
+        "schema": schema,
+        "version": 0,
+        "needs": LATEST_VERSION,
+        "migrations": [
+            {"version": m.version, "name": m.name, "applied": False} for m in MIGRATIONS
+        ],
+    }
+    migrated = cli("db", "migrate")
+    assert migrated.exit_code == 0, migrated.output
+    total = len(MIGRATIONS)
+    steps = [
+        f"migrating: {i}/{total} applying {m.version:04d}_{m.name}"
+        for i, m in enumerate(MIGRATIONS)
+    ]
+    assert migrated.stderr.splitlines() == [*steps, f"migrating: {total}/{total} done"]
+    applied = json.loads(cli("db", "status", "--json").stdout)
+    assert applied["version"] == LATEST_VERSION
+    assert all(m["applied"] for m in applied["migrations"])
+    assert cli("db", "migrate").stderr == ""  # nothing to apply, nothing to show
+
+
+def test_db_commands_with_an_app_never_migrate_on_opening(
+    db: psycopg.Connection[Any], schema: str, database_url: str
+) -> None:
+    env = {**os.environ, "DURABLY_DATABASE_URL": database_url, "DURABLY_TEST_SCHEMA": schema}
+    env["PYTHONPATH"] = str(ROOT)
+    status = subprocess.run(
+        [str(DURABLY), "db", "status", "--app", "tests.apps.queue_app:app"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert status.returncode == 0, status.stderr
+    assert f"schema '{schema}' at version 0" in status.stdout
+    assert not schema_exists(db, schema)
+
+
 def test_db_sql_prints_the_pending_sql_for_a_dba(
-    cli: Callable[..., Result], db: psycopg.Connection[Any], schema: str
+    cli: Cli, db: psycopg.Connection[Any], schema: str
 ) -> None:
     printed = cli("db", "sql")
     assert printed.exit_code == 0, printed.output
@@ -100,157 +135,111 @@ def test_db_sql_prints_the_pending_sql_for_a_dba(
 # -- runs ----------------------------------------------------------------------------------
 
 
-def test_runs_list_json(cli: Callable[..., Result], app: durably.App) -> None:
-    @app.task(name="alpha")
-    def alpha(n: int) -> None:
-        pass
-
-    @app.task(name="beta")
-    def beta() -> None:
-        pass
-
-    a1 = alpha.enqueue(1)
-    b1 = beta.options(queue="other").enqueue()
-    a2 = alpha.enqueue(2)
-    assert app.cancel(a2.id)
-
-    listed = cli("runs", "list", "--json")
-    assert listed.exit_code == 0, listed.output
-    rows = json.loads(listed.stdout)
-    assert [r["id"] for r in rows] == [a2.id, b1.id, a1.id]
-    assert rows[2]["task"] == "alpha" and rows[2]["args"] == {"args": [1], "kwargs": {}}
-    assert rows[1]["queue"] == "other"
-
-    by_task = json.loads(cli("runs", "list", "--json", "--task", "alpha").stdout)
-    assert [r["id"] for r in by_task] == [a2.id, a1.id]
-    by_status = json.loads(cli("runs", "list", "--json", "--status", "queued").stdout)
-    assert [r["id"] for r in by_status] == [b1.id, a1.id]
-    limited = json.loads(cli("runs", "list", "--json", "--limit", "1").stdout)
-    assert [r["id"] for r in limited] == [a2.id]
-
-    table = cli("runs", "list")
-    assert table.exit_code == 0
-    header, *lines = table.stdout.splitlines()
-    assert header.split() == ["ID", "TASK", "QUEUE", "STATUS", "ATTEMPT", "CREATED_AT"]
-    assert [line.split()[:4] for line in lines] == [
-        [str(a2.id), "alpha", "default", "CANCELLED"],
-        [str(b1.id), "beta", "other", "QUEUED"],
-        [str(a1.id), "alpha", "default", "QUEUED"],
-    ]
-
-
-def test_runs_list_on_an_empty_schema(cli: Callable[..., Result]) -> None:
+def test_runs_list_on_an_empty_schema(cli: Cli) -> None:
     listed = cli("runs", "list")
     assert (listed.exit_code, listed.stdout.strip()) == (0, "(none)")
     assert json.loads(cli("runs", "list", "--json").stdout) == []
 
 
-def test_runs_show(cli: Callable[..., Result], app: durably.App) -> None:
-    @app.task(name="explode")
-    def explode(reason: str) -> None:
-        raise ValueError(reason)
-
-    @app.task(name="idle")
-    def idle() -> None:
-        pass
-
-    queued = idle.options(idempotency_key="idle-1").enqueue()
-    shown = cli("runs", "show", str(queued.id))
-    assert shown.exit_code == 0, shown.output
-    assert "status: QUEUED" in shown.stdout.splitlines()
-    assert "task: idle" in shown.stdout.splitlines()
-    assert "idempotency_key: idle-1" in shown.stdout.splitlines()
-
-    as_json = json.loads(cli("runs", "show", str(queued.id), "--json").stdout)
-    assert (as_json["id"], as_json["status"], as_json["task"]) == (queued.id, "QUEUED", "idle")
-
-    failed = explode.enqueue("the reactor is on fire")
-    with app.worker(slots=1), pytest.raises(durably.RunFailed):
-        failed.result(timeout=10)
-    shown = cli("runs", "show", str(failed.id))
-    assert shown.exit_code == 0, shown.output
-    assert "status: FAILED" in shown.stdout
-    assert "error: ValueError: the reactor is on fire" in shown.stdout
-    assert "Traceback (most recent call last)" in shown.stdout  # the remote traceback
-
-    missing = cli("runs", "show", "999999")
-    assert missing.exit_code == 1
-    assert missing.stderr.strip() == (f"error: run 999999 does not exist in schema {app.schema!r}")
-
-
-def test_runs_cancel(cli: Callable[..., Result], app: durably.App) -> None:
-    @app.task(name="idle")
-    def idle() -> None:
-        pass
-
-    handle = idle.enqueue()
-    cancelled = cli("runs", "cancel", str(handle.id))
-    assert cancelled.exit_code == 0, cancelled.output
-    assert f"run {handle.id} cancelled" in cancelled.stdout
-    assert handle.status() == "CANCELLED"
-
-    again = cli("runs", "cancel", str(handle.id))
-    assert again.exit_code == 1
-    assert "already ended" in again.stderr
-    assert handle.status() == "CANCELLED"
-
-    unknown = cli("runs", "cancel", "999999")
-    assert unknown.exit_code == 1
-
-
 # -- workers and queues --------------------------------------------------------------------
 
 
-def test_workers_list(cli: Callable[..., Result], app: durably.App) -> None:
-    @app.task(name="idle")
-    def idle() -> None:
-        pass
+def test_workers_list(cli: Cli, app: durably.App) -> None:
+    gate = threading.Event()
+
+    @app.task(name="hold")
+    def hold() -> None:
+        gate.wait(30)
 
     assert cli("workers", "list").stdout.strip() == "(none)"
-    with app.worker(slots=3) as worker:
+    with app.worker(slots=3, durable_slots=5) as worker:
+        handle = hold.enqueue()
+        wait_until(lambda: handle.status() == "RUNNING", what="the run to start")
         listed = cli("workers", "list", "--json")
         assert listed.exit_code == 0, listed.output
-        rows = json.loads(listed.stdout)
-        assert len(rows) == 1
-        row = rows[0]
+        (row,) = json.loads(listed.stdout)
         assert (row["id"], row["pid"], row["slots"]) == (worker.id, os.getpid(), 3)
-        assert row["tasks"] == ["idle"] and row["queues"] == ["default"]
-        assert row["stopped_at"] is None and row["running"] == 0
+        assert row["tasks"] == ["hold"] and row["queues"] == ["default"]
+        assert row["alive"] is True and row["stopped_at"] is None
+        assert (row["running"], row["running_durable"]) == (1, 0)  # one slot in use
+        assert 0 <= row["heartbeat_age_s"] < 30
+        datetime.fromisoformat(row["heartbeat_at"])
+
         table = cli("workers", "list")
-        assert worker.id in table.stdout
+        header, line = table.stdout.splitlines()
+        assert header.split() == [
+            "ID", "HOST", "PID", "ALIVE", "SLOTS", "DURABLE", "HEARTBEAT", "QUEUES", "STARTED",
+        ]  # fmt: skip
+        assert line.split()[:6] == [worker.id, row["hostname"], str(os.getpid()), "yes", "1/3", "0"]
+        gate.set()
+        handle.result(timeout=10)
     stopped = json.loads(cli("workers", "list", "--json").stdout)
-    assert stopped[0]["id"] == worker.id and stopped[0]["stopped_at"] is not None
+    assert stopped[0]["id"] == worker.id and stopped[0]["alive"] is False
+    assert stopped[0]["stopped_at"] is not None
+    assert cli("workers", "list", "--alive").stdout.strip() == "(none)"
 
 
-def test_queues_list(cli: Callable[..., Result], app: durably.App) -> None:
+def test_queues_list(cli: Cli, app: durably.App) -> None:
     @app.task(name="idle")
     def idle() -> None:
         pass
 
+    @app.task(name="boom", queue="reports")
+    def boom() -> None:
+        raise RuntimeError("no")
+
     assert cli("queues", "list").stdout.strip() == "(none)"
+    with app.worker(slots=2):
+        idle.enqueue().result(timeout=10)
+        idle.enqueue().result(timeout=10)
+        with pytest.raises(durably.RunFailed):
+            boom.enqueue().result(timeout=10)
     idle.enqueue()
     idle.enqueue()
-    idle.options(queue="reports").enqueue()
     idle.options(delay=3600).enqueue()
     listed = cli("queues", "list", "--json")
     assert listed.exit_code == 0, listed.output
     rows = {r["queue"]: r for r in json.loads(listed.stdout)}
     assert set(rows) == {"default", "reports"}
     default = rows["default"]
-    assert (default["queued"], default["running"], default["waiting"]) == (3, 0, 0)
-    assert default["no_worker"] == 3  # no worker is alive to serve them
-    assert default["oldest_age_s"] is not None and default["oldest_age_s"] >= 0
-    assert rows["reports"]["queued"] == 1
+    assert (default["queued"], default["delayed"], default["running"], default["waiting"]) == (
+        2,
+        1,
+        0,
+        0,
+    )
+    assert default["no_worker"] == 3  # the worker stopped: no live one serves them
+    assert default["oldest_queued_s"] is not None and default["oldest_queued_s"] >= 0
+    assert (default["completed"], default["failed"]) == (2, 0)  # in the last minute
+    assert (rows["reports"]["completed"], rows["reports"]["failed"]) == (0, 1)
 
     table = cli("queues", "list")
-    assert table.stdout.splitlines()[0].split() == [
-        "QUEUE",
-        "QUEUED",
-        "RUNNING",
-        "WAITING",
-        "OLDEST_AGE_S",
-        "NO_WORKER",
-    ]
+    header, *lines = table.stdout.splitlines()
+    assert header.split() == [
+        "QUEUE", "QUEUED", "DELAYED", "RUNNING", "WAITING", "OLDEST", "NO", "WORKER",
+        "DONE/MIN", "FAILED/MIN",
+    ]  # fmt: skip
+    assert lines[0].split()[:5] == ["default", "2", "1", "0", "0"]
+    assert lines[0].split()[-3:] == ["3", "2", "0"]
+
+
+def test_events_push(cli: Cli, app: durably.App) -> None:
+    @app.durable_task(name="approval")
+    async def approval(ctx: durably.DurableContext) -> Any:
+        return await ctx.wait_for_event("approve:1")
+
+    with app.worker(durable_slots=1, evict_after=0.1):
+        handle = approval.enqueue()
+        wait_until(lambda: handle.status() == "WAITING", what="the run to suspend")
+        shown = cli("runs", "show", str(handle.id))
+        assert "waiting for: event 'approve:1'" in shown.stdout.splitlines()
+        pushed = cli("events", "push", "approve:1", '{"by": "ann"}')
+        assert pushed.exit_code == 0, pushed.output
+        assert re.fullmatch(r"event \d+ pushed", pushed.stdout.strip())
+        assert handle.result(timeout=20) == {"by": "ann"}
+    bad = cli("events", "push", "k", "{not json")
+    assert bad.exit_code == 2
+    assert "PAYLOAD is not JSON" in bad.stderr
 
 
 # -- bad input -----------------------------------------------------------------------------
@@ -343,7 +332,7 @@ def test_module_entry_point_lists_runs_as_json(
     assert [(r["id"], r["task"], r["status"]) for r in rows] == [(handle.id, "idle", "QUEUED")]
 
 
-def test_durable_run_commands(app: durably.App, cli: Callable[..., Result]) -> None:
+def test_durable_run_commands(app: durably.App, cli: Cli) -> None:
     fail = {"on": True}
 
     def work(x: int) -> int:

@@ -354,14 +354,25 @@ class App:
     # -- operator views (dashboard and CLI): read-only, paged, rows as dicts ---------------
 
     async def runs_page_async(self, **query: Any) -> list[dict[str, Any]]:
-        """A page of runs, newest first: filters ``status``, ``task``, ``queue``,
-        ``created_after``, ``created_before`` (datetimes), ``within`` (seconds), paged with
-        ``before_id`` / ``after_id`` and ``limit`` (see :meth:`Store.runs_page`)."""
+        """A page of runs, newest first: filters ``status`` (or ``statuses``, a list), ``task``,
+        ``queue``, ``created_after``, ``created_before`` (datetimes), ``within`` and
+        ``older_than`` (seconds), paged with ``before_id`` / ``after_id`` and ``limit`` (see
+        :meth:`Store.runs_page`)."""
         return await (await self.store()).runs_page(**query)
 
     def runs_page(self, **query: Any) -> list[dict[str, Any]]:
         """A page of runs (see :meth:`runs_page_async`)."""
         return self.call(self.runs_page_async(**query))
+
+    async def runs_count_async(self, **filters: Any) -> dict[str, Any]:
+        """How many runs match the filters of :meth:`runs_page_async` (``runs``), and the ids of
+        the oldest and newest of them (``min_id``, ``max_id``; None when none match). It counts
+        every match: on a huge table, narrow the filters."""
+        return await (await self.store()).runs_count(**filters)
+
+    def runs_count(self, **filters: Any) -> dict[str, Any]:
+        """Count the runs matching filters (see :meth:`runs_count_async`)."""
+        return self.call(self.runs_count_async(**filters))
 
     async def run_detail_async(self, run_id: int) -> dict[str, Any] | None:
         """One run in full, with the number of its events, children and archived events."""

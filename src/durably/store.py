@@ -272,18 +272,23 @@ class Store:
                 parts.append(literal + ";")
         return "\n\n".join(parts) + "\n"
 
-    async def migrate(self) -> list[int]:
-        """Apply pending migrations in one transaction under an advisory lock; returns them."""
+    async def migrate(
+        self, on_migration: Callable[[Migration, int, int], None] | None = None
+    ) -> list[int]:
+        """Apply pending migrations in one transaction under an advisory lock; returns them.
+        ``on_migration(migration, index, total)`` is called before each one is applied (the CLI
+        shows progress with it: a migration may build an index on a big table)."""
         async with self.pool.connection() as conn, conn.transaction():
             await conn.execute(self._sql["migrations_lock"], {"namespace": self.namespace})
             await conn.execute(self._sql["create_schema"])
             await conn.execute(self._sql["migrations_bootstrap"])
             cur = await conn.execute(self._sql["migrations_applied"])
             applied = {r[0] for r in await cur.fetchall()}
-            done = []
-            for m in MIGRATIONS:
-                if m.version in applied:
-                    continue
+            done: list[int] = []
+            pending = [m for m in MIGRATIONS if m.version not in applied]
+            for m in pending:
+                if on_migration is not None:
+                    on_migration(m, len(done), len(pending))
                 await conn.execute(self._migration_sql(m).encode())
                 await conn.execute(
                     self._sql["migrations_record"], {"version": m.version, "name": m.name}
@@ -646,27 +651,17 @@ class Store:
     async def runs_page(
         self,
         *,
-        status: str | None = None,
-        task: str | None = None,
-        queue: str | None = None,
-        created_after: datetime | None = None,
-        created_before: datetime | None = None,
-        within: float | None = None,
         limit: int = 50,
         before_id: int | None = None,
         after_id: int | None = None,
         preview: int = 200,
+        **filters: Any,
     ) -> list[dict[str, Any]]:
-        """Up to ``limit`` runs matching the filters (None: any), newest first. ``before_id``
-        pages to older runs, ``after_id`` to the newer ones; ``within`` keeps runs created in the
-        last so many seconds (database clock); payloads are cut to ``preview`` characters."""
+        """Up to ``limit`` runs matching the filters (see :func:`runs_filter`), newest first.
+        ``before_id`` pages to older runs, ``after_id`` to the newer ones; payloads are cut to
+        ``preview`` characters."""
         params = {
-            "status": status,
-            "task": task,
-            "queue": queue,
-            "created_after": created_after,
-            "created_before": created_before,
-            "within": within,
+            **runs_filter(**filters),
             "limit": limit,
             "before_id": before_id,
             "after_id": after_id,
@@ -675,6 +670,12 @@ class Store:
         if after_id is None:
             return await self._ops_fetch("ops_runs_older", params)
         return list(reversed(await self._ops_fetch("ops_runs_newer", params)))
+
+    async def runs_count(self, **filters: Any) -> dict[str, Any]:
+        """How many runs match the filters (see :func:`runs_filter`): ``runs``, and the ids of
+        the oldest and newest of them, ``min_id`` and ``max_id`` (None when none match)."""
+        rows = await self._ops_fetch("ops_runs_count", runs_filter(**filters))
+        return rows[0]
 
     async def run_detail(self, run_id: int) -> dict[str, Any] | None:
         """One run in full, with counts of its events, children and archived events."""
@@ -719,6 +720,32 @@ class Store:
     async def throughput(self, minutes: int = 60, queue: str | None = None) -> list[dict[str, Any]]:
         """Runs completed and failed in each of the last ``minutes`` minutes, oldest first."""
         return await self._ops_fetch("ops_throughput", {"minutes": minutes, "queue": queue})
+
+
+def runs_filter(
+    *,
+    status: str | None = None,
+    statuses: Sequence[str] | None = None,
+    task: str | None = None,
+    queue: str | None = None,
+    created_after: datetime | None = None,
+    created_before: datetime | None = None,
+    within: float | None = None,
+    older_than: float | None = None,
+) -> dict[str, Any]:
+    """The parameters of ``ops_runs_filter``; None means any. ``status`` is one status,
+    ``statuses`` any of several; ``within`` keeps runs created in the last so many seconds and
+    ``older_than`` runs created longer ago than that (both on the database clock)."""
+    return {
+        "status": status,
+        "statuses": None if statuses is None else list(statuses),
+        "task": task,
+        "queue": queue,
+        "created_after": created_after,
+        "created_before": created_before,
+        "within": within,
+        "older_than": older_than,
+    }
 
 
 @dataclass(frozen=True)

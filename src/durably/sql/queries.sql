@@ -347,30 +347,6 @@ WHERE (%(status)s::text IS NULL OR status = %(status)s)
 ORDER BY id DESC
 LIMIT %(limit)s;
 
--- name: workers_list
-SELECT w.id, w.hostname, w.pid, w.queues, w.tasks, w.slots, w.started_at, w.heartbeat_at,
-       w.stopped_at,
-       (SELECT count(*) FROM {schema}.runs r WHERE r.worker_id = w.id AND r.status = 'RUNNING')
-FROM {schema}.workers w
-ORDER BY w.started_at DESC
-LIMIT %(limit)s;
-
--- name: queues_list
--- Depth by status per queue, the age of the oldest due queued run, and queued runs whose task
--- no live worker knows (they wait for a worker that does).
-SELECT r.queue,
-       count(*) FILTER (WHERE r.status = 'QUEUED'),
-       count(*) FILTER (WHERE r.status = 'RUNNING'),
-       count(*) FILTER (WHERE r.status = 'WAITING'),
-       EXTRACT(EPOCH FROM now() - min(r.run_at) FILTER (WHERE r.status = 'QUEUED' AND r.run_at <= now()))::float8,
-       count(*) FILTER (WHERE r.status = 'QUEUED' AND NOT EXISTS (
-           SELECT 1 FROM {schema}.workers w
-           WHERE w.stopped_at IS NULL AND r.task = ANY(w.tasks) AND r.queue = ANY(w.queues)))
-FROM {schema}.runs r
-WHERE r.status IN ('QUEUED', 'RUNNING', 'WAITING')
-GROUP BY r.queue
-ORDER BY r.queue;
-
 -- name: listen
 LISTEN {channel};
 
@@ -611,7 +587,9 @@ FROM {schema}.event_log WHERE run_id = %(run_id)s ORDER BY seq;
 SELECT set_config('jit', 'off', true), set_config('statement_timeout', %(timeout)s, true);
 
 -- name: ops_runs_filter
--- The WHERE clause shared by ops_runs_older and ops_runs_newer.
+-- The WHERE clause shared by ops_runs_older, ops_runs_newer and ops_runs_count. `statuses` (any
+-- of several, for the CLI) is planned like `status`: the planner still picks runs_failed_id for
+-- FAILED and CANCELLED. `older_than` is `within` the other way round (database clock).
     (%(status)s::text IS NULL OR status = %(status)s)
     AND (%(task)s::text IS NULL OR task = %(task)s)
     AND (%(queue)s::text IS NULL OR queue = %(queue)s)
@@ -619,6 +597,9 @@ SELECT set_config('jit', 'off', true), set_config('statement_timeout', %(timeout
     AND (%(created_before)s::timestamptz IS NULL OR created_at < %(created_before)s)
     AND (%(within)s::float8 IS NULL
          OR created_at >= now() - make_interval(secs => %(within)s::float8))
+    AND (%(statuses)s::text[] IS NULL OR status = ANY(%(statuses)s::text[]))
+    AND (%(older_than)s::float8 IS NULL
+         OR created_at < now() - make_interval(secs => %(older_than)s::float8))
 
 -- name: ops_runs_columns
 -- The columns of a run in a list.
@@ -642,6 +623,13 @@ SELECT {columns} FROM {schema}.runs
 WHERE {filter} AND id > %(after_id)s
 ORDER BY id
 LIMIT %(limit)s;
+
+-- name: ops_runs_count
+-- How many runs match the filters, and the oldest and newest of them: a bulk action (the CLI's
+-- `runs cancel` and `runs retry` by filter) says how many it will change, then acts on them oldest
+-- first (a parent before its children) from the first id up to the last one only, so runs created
+-- after it was confirmed are left alone.
+SELECT count(*) AS runs, min(id) AS min_id, max(id) AS max_id FROM {schema}.runs WHERE {filter};
 
 -- name: ops_run
 -- One run in full, with the size of its event log, its children and its archived logs, and the
