@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: demo test lint bench chaos install
+.PHONY: demo test lint bench compare chaos install
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,3 +35,8 @@ bench: install
 # The 10-minute chaos run of docs/reliability.md (a private PostgreSQL; needs no DATABASE_URL).
 chaos: install
 	$(BIN)/python -m bench.chaos
+
+# durably side by side with PgQueuer, Procrastinate, DBOS and Absurd (bench/README.md); the
+# first run installs each peer into bench/.venvs/. About 40 minutes on 2 cores.
+compare: install
+	$(BIN)/python -m bench --compare

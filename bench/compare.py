@@ -72,7 +72,11 @@ ENGINES = (
     # asyncpg: PgQueuer's recommended driver (with psycopg an idle worker waits ~1 s for a job).
     Engine("pgqueuer", "PgQueuer 1.6.0", ("pgqueuer[asyncpg]==1.6.0", PSYCOPG), (100, 500, 1000)),
     Engine(
-        "procrastinate", "Procrastinate 3.10.0", ("procrastinate==3.10.0", PSYCOPG), (1, 10, 50)
+        "procrastinate",
+        "Procrastinate 3.10.0",
+        ("procrastinate==3.10.0", PSYCOPG),
+        (1, 10, 30),
+        drain_count=5_000,
     ),
     Engine("dbos", "DBOS 3.4.0", ("dbos==3.4.0", PSYCOPG), (10, 50), drain_count=5_000),
     Engine(
@@ -326,7 +330,7 @@ def ratio(row: Row, engine: str) -> str:
         return "—"
     value = ours / theirs
     better = value > 1 if row.higher_is_better else value < 1
-    return f"{value:.2f}x ({'better' if better else 'worse'})"
+    return f"{value:.3g}x ({'better' if better else 'worse'})"
 
 
 def fmt(cell: Cell) -> str:

@@ -8,7 +8,6 @@ costs one round trip; statements that must commit together run in an explicit tr
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import zlib
@@ -323,7 +322,7 @@ class Store:
             async with self.pool.connection() as own:
                 return await self.enqueue(runs, own)
         if len(runs) == 1:
-            params = {**dataclasses.asdict(runs[0]), "channel": self.channel}
+            params = {**vars(runs[0]), "channel": self.channel}  # shallow: asdict deep-copies
             cur = await self.execute(conn, "enqueue_one", params)
         else:
             cur = await self.execute(conn, "enqueue", self._enqueue_params(runs))
