@@ -37,6 +37,7 @@ def _tracing() -> bool:
         return False
     return not isinstance(trace.get_tracer_provider(), ProxyTracerProvider | NoOpTracerProvider)
 
+
 __all__ = ["attempt_span", "carrier", "enqueue_span", "event", "fail"]
 
 
