@@ -95,7 +95,8 @@ class App:
         ``queue``, ``retries`` (extra attempts after a failure), ``backoff`` (seconds or a
         :class:`Backoff`), ``timeout`` (seconds per attempt), ``schedule_timeout`` (seconds to be
         picked up), ``priority`` (higher first), ``max_recoveries`` (times a run may lose its
-        worker before it fails).
+        worker before it fails), ``concurrency`` (the most runs executing at once across all
+        workers).
         """
         return self._register(fn, options, durable=False)
 

@@ -191,6 +191,7 @@ class Store:
         claim = self._sql.pop("claim")
         self._sql["claim_one_queue"] = claim.replace("{pick}", self._sql["claim_pick_one_queue"])
         self._sql["claim_queues"] = claim.replace("{pick}", self._sql["claim_pick_queues"])
+        self._sql["claim_limited"] = claim.replace("{pick}", self._sql["claim_pick_limited"])
         # So has `finish`: a batch of outcomes in arrays, or one outcome in scalars.
         finish = self._sql.pop("finish")
         self._sql["finish"] = finish.replace("{outcomes}", self._sql["finish_outcomes_many"])
@@ -391,9 +392,11 @@ class Store:
         limit: int,
         lease: float,
         durable: bool = False,
+        limits: dict[str, int] | None = None,
     ) -> list[Row]:
         """Claim up to ``limit`` due runs of ``tasks`` in one statement (FOR UPDATE SKIP LOCKED):
-        durable runs or task runs, as the slot pool being filled."""
+        durable runs or task runs, as the slot pool being filled. ``limits`` (task -> most runs
+        executing at once across all workers) makes it a turn-taking claim that respects them."""
         params = {
             "worker_id": worker_id,
             "queues": queues,
@@ -402,8 +405,18 @@ class Store:
             "lease": lease,
             "durable": durable,
         }
+        if limits:
+            return await self._claim_limited(params, limits)
         name = "claim_one_queue" if len(queues) == 1 else "claim_queues"
         return await self.fetch(name, params)
+
+    async def _claim_limited(self, params: dict[str, Any], limits: dict[str, int]) -> list[Row]:
+        """The claim under the concurrency-limit lock, in one short transaction."""
+        params = {**params, "limited": list(limits), "caps": list(limits.values())}
+        async with self.pool.connection() as conn, conn.transaction():
+            await self.execute(conn, "claim_limit_lock", {"namespace": self.namespace})
+            cur = await self.execute(conn, "claim_limited", params)
+            return await cur.fetchall()
 
     async def next_due(self, queues: list[str], tasks: list[str]) -> float | None:
         """Seconds until the earliest queued run of these queues and tasks is due."""

@@ -39,6 +39,7 @@ class TaskOptions(TypedDict, total=False):
     schedule_timeout: float | None
     priority: int
     max_recoveries: int
+    concurrency: int | None
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class Task(Generic[P, R]):
         priority: int = 0,
         max_recoveries: int = 20,
         durable: bool = False,
+        concurrency: int | None = None,
     ) -> None:
         if retries < 0:
             raise ValueError(f"retries={retries} is not valid: pass 0 or more")
@@ -86,6 +88,12 @@ class Task(Generic[P, R]):
         self.max_recoveries = max_recoveries
         self.is_async = inspect.iscoroutinefunction(fn)
         self.durable = durable
+        if concurrency is not None and (isinstance(concurrency, bool) or concurrency < 1):
+            raise ValueError(
+                f"concurrency={concurrency!r} is not valid for task {self.name!r}: pass an "
+                "int >= 1 (the most runs executing at once across all workers), or None"
+            )
+        self.concurrency = concurrency
         self.signature = Signature(fn, skip_first=durable)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn

@@ -120,6 +120,11 @@ class Worker:
             for kind, cap in ((False, slots), (True, durable_slots))
         }
         self.busy = {False: 0, True: 0}
+        # Tasks with a global concurrency limit, by pool: their claims take turns (Store.claim).
+        self.limits = {
+            kind: {n: t.concurrency for n in names if (t := app.registry[n]).concurrency}
+            for kind, (names, _) in self.pools.items()
+        }
         # Per pool: did its last claim take every free slot (or find none free)? Then due runs
         # may have been left behind, and a slot freed must claim again at once.
         self._left_behind = {False: False, True: False}
@@ -265,7 +270,9 @@ class Worker:
                 idle = False if names else idle
                 self._left_behind[durable] = bool(names)
                 continue
-            rows = await self.store.claim(self.id, self.queues, names, free, self.lease, durable)
+            rows = await self.store.claim(
+                self.id, self.queues, names, free, self.lease, durable, self.limits[durable]
+            )
             claimed = [row for row in rows if row[1] is not None]
             for row in claimed:
                 self._start(row)
@@ -426,6 +433,10 @@ class Worker:
         kind, _, rest = payload.partition(":")
         if kind == "q" and rest in self.queues:
             self._wake.set()
+        elif kind == "done" and any(self.limits.values()):
+            # A limited task's run may have ended on another worker: room to claim again.
+            self._wake.set()
+            self.waiters.on_message(payload)
         elif kind == "cancel":
             self._abandon(int(rest), "cancelled")
         else:

@@ -137,6 +137,57 @@ SELECT c.id FROM unnest(%(queues)s::text[]) AS q(name)
     ORDER BY c.priority DESC, c.id
     LIMIT %(limit)s
 
+-- name: claim_pick_limited
+-- The `picked` part of `claim` when some of the pool's tasks have a global concurrency limit
+-- (`@app.task(concurrency=N)`). It runs after `claim_limit_lock` in the same transaction, so the
+-- RUNNING counts below are read by one claimer at a time and no two workers can both fill the
+-- same room. Each limited task with room gets an ordered scan of its own, of which its room is
+-- kept (LIMIT cannot depend on the row, so the rest are numbered off); the other tasks one scan
+-- capped at the claim's limit; the best of both are taken. A dead worker's runs keep counting
+-- until the sweeper recovers them (its lease expired).
+SELECT u.id FROM (
+    SELECT c.id, c.priority, c.k, rooms.room
+    FROM (
+        SELECT l.task, l.cap - (SELECT count(*) FROM {schema}.runs r
+                                WHERE r.status = 'RUNNING' AND r.task = l.task) AS room
+        FROM unnest(%(limited)s::text[], %(caps)s::integer[]) AS l(task, cap)
+    ) AS rooms
+    CROSS JOIN LATERAL (
+        SELECT s.id, s.priority, row_number() OVER (ORDER BY s.priority DESC, s.id) AS k
+        FROM (SELECT id, priority FROM {schema}.runs
+              WHERE status = 'QUEUED'
+                AND queue = ANY(%(queues)s::text[])
+                AND durable = %(durable)s
+                AND task = rooms.task
+                AND run_at <= now()
+                AND (schedule_deadline IS NULL OR schedule_deadline > now())
+              ORDER BY priority DESC, id
+              LIMIT %(limit)s
+              FOR UPDATE SKIP LOCKED) s
+    ) c
+    WHERE c.k <= rooms.room
+    UNION ALL
+    SELECT f.id, f.priority, 1, 1
+    FROM (SELECT id, priority FROM {schema}.runs
+          WHERE status = 'QUEUED'
+            AND queue = ANY(%(queues)s::text[])
+            AND durable = %(durable)s
+            AND task = ANY(%(tasks)s::text[])
+            AND task <> ALL(%(limited)s::text[])
+            AND run_at <= now()
+            AND (schedule_deadline IS NULL OR schedule_deadline > now())
+          ORDER BY priority DESC, id
+          LIMIT %(limit)s
+          FOR UPDATE SKIP LOCKED) f
+) u
+ORDER BY u.priority DESC, u.id
+LIMIT %(limit)s
+
+-- name: claim_limit_lock
+-- Claims of tasks with a global concurrency limit take turns (the lock ends with the claim's
+-- transaction), so each counts RUNNING runs with every earlier claim already committed.
+SELECT pg_advisory_xact_lock(%(namespace)s, -2);  -- -1: migrations, 0: sweeper, > 0: workers
+
 -- name: next_due
 -- Seconds until the next delayed run or durable timer of these queues and tasks is due.
 SELECT EXTRACT(EPOCH FROM LEAST(
