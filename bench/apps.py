@@ -21,6 +21,8 @@ from bench.peers.common import Probe
 from durably.tasks import Task
 
 SCHEMA_ENV = "DURABLY_BENCH_SCHEMA"
+# A global concurrency limit on the no-op tasks (bench.queue --limit): the cost of a limited claim.
+LIMIT_ENV = "DURABLY_BENCH_LIMIT"
 DEFAULT_SCHEMA = "durably_bench"
 
 
@@ -130,10 +132,11 @@ class BenchApp:
 def build(schema: str, url: str | None = None) -> BenchApp:
     """An App on ``schema`` (``url`` or the environment's database) with the tasks."""
     app = durably.App(url, schema=schema)
+    limit = int(os.environ[LIMIT_ENV]) if os.environ.get(LIMIT_ENV) else None
     return BenchApp(
         app=app,
-        noop=app.task(name="bench.noop")(noop),
-        noop_sync=app.task(name="bench.noop_sync")(noop_sync),
+        noop=app.task(name="bench.noop", concurrency=limit)(noop),
+        noop_sync=app.task(name="bench.noop_sync", concurrency=limit)(noop_sync),
         item=app.task(name="bench.item")(item),
         started=app.task(name="bench.started")(started),
         probe=app.task(name="bench.probe")(probe),

@@ -412,7 +412,13 @@ class Store:
 
     async def _claim_limited(self, params: dict[str, Any], limits: dict[str, int]) -> list[Row]:
         """The claim under the concurrency-limit lock, in one short transaction."""
-        params = {**params, "limited": list(limits), "caps": list(limits.values())}
+        unlimited = [t for t in params["tasks"] if t not in limits]
+        params = {
+            **params,
+            "limited": list(limits),
+            "caps": list(limits.values()),
+            "unlimited": unlimited,
+        }
         async with self.pool.connection() as conn, conn.transaction():
             await self.execute(conn, "claim_limit_lock", {"namespace": self.namespace})
             cur = await self.execute(conn, "claim_limited", params)

@@ -141,44 +141,54 @@ SELECT c.id FROM unnest(%(queues)s::text[]) AS q(name)
 -- The `picked` part of `claim` when some of the pool's tasks have a global concurrency limit
 -- (`@app.task(concurrency=N)`). It runs after `claim_limit_lock` in the same transaction, so the
 -- RUNNING counts below are read by one claimer at a time and no two workers can both fill the
--- same room. Each limited task with room gets an ordered scan of its own, of which its room is
--- kept (LIMIT cannot depend on the row, so the rest are numbered off); the other tasks one scan
--- capped at the claim's limit; the best of both are taken. A dead worker's runs keep counting
--- until the sweeper recovers them (its lease expired).
+-- same room. Each limited task with room gets one ordered index scan per queue, numbered across
+-- its queues so that only its room is kept (LIMIT cannot depend on a row's room); the other
+-- tasks get one ordered scan per queue capped at the claim's limit; the best of all are taken.
+-- A dead worker's runs keep counting until the sweeper recovers them (its lease expired).
+WITH running AS MATERIALIZED (
+    -- Every RUNNING run's task, read once from the small partial index of running runs (a
+    -- count per task inside the scan below would be evaluated again for every row).
+    SELECT task FROM {schema}.runs WHERE status = 'RUNNING'
+), rooms AS MATERIALIZED (
+    SELECT l.task, l.cap - (SELECT count(*) FROM running WHERE running.task = l.task) AS room
+    FROM unnest(%(limited)s::text[], %(caps)s::integer[]) AS l(task, cap)
+)
 SELECT u.id FROM (
-    SELECT c.id, c.priority, c.k, rooms.room
-    FROM (
-        SELECT l.task, l.cap - (SELECT count(*) FROM {schema}.runs r
-                                WHERE r.status = 'RUNNING' AND r.task = l.task) AS room
-        FROM unnest(%(limited)s::text[], %(caps)s::integer[]) AS l(task, cap)
-    ) AS rooms
-    CROSS JOIN LATERAL (
-        SELECT s.id, s.priority, row_number() OVER (ORDER BY s.priority DESC, s.id) AS k
-        FROM (SELECT id, priority FROM {schema}.runs
-              WHERE status = 'QUEUED'
-                AND queue = ANY(%(queues)s::text[])
-                AND durable = %(durable)s
-                AND task = rooms.task
-                AND run_at <= now()
-                AND (schedule_deadline IS NULL OR schedule_deadline > now())
-              ORDER BY priority DESC, id
-              LIMIT %(limit)s
-              FOR UPDATE SKIP LOCKED) s
-    ) c
-    WHERE c.k <= rooms.room
+    SELECT n.id, n.priority FROM (
+        SELECT c.id, c.priority, rooms.room,
+               row_number() OVER (PARTITION BY rooms.task ORDER BY c.priority DESC, c.id) AS k
+        FROM rooms
+        CROSS JOIN unnest(%(queues)s::text[]) AS q(name)
+        CROSS JOIN LATERAL (
+            SELECT id, priority FROM {schema}.runs
+            WHERE status = 'QUEUED'
+              AND queue = q.name
+              AND durable = %(durable)s
+              AND task = rooms.task
+              AND run_at <= now()
+              AND (schedule_deadline IS NULL OR schedule_deadline > now())
+            ORDER BY priority DESC, id
+            LIMIT %(limit)s
+            FOR UPDATE SKIP LOCKED
+        ) c
+        WHERE rooms.room > 0
+    ) n
+    WHERE n.k <= n.room
     UNION ALL
-    SELECT f.id, f.priority, 1, 1
-    FROM (SELECT id, priority FROM {schema}.runs
-          WHERE status = 'QUEUED'
-            AND queue = ANY(%(queues)s::text[])
-            AND durable = %(durable)s
-            AND task = ANY(%(tasks)s::text[])
-            AND task <> ALL(%(limited)s::text[])
-            AND run_at <= now()
-            AND (schedule_deadline IS NULL OR schedule_deadline > now())
-          ORDER BY priority DESC, id
-          LIMIT %(limit)s
-          FOR UPDATE SKIP LOCKED) f
+    SELECT f.id, f.priority
+    FROM unnest(%(queues)s::text[]) AS q(name)
+    CROSS JOIN LATERAL (
+        SELECT id, priority FROM {schema}.runs
+        WHERE status = 'QUEUED'
+          AND queue = q.name
+          AND durable = %(durable)s
+          AND task = ANY(%(unlimited)s::text[])
+          AND run_at <= now()
+          AND (schedule_deadline IS NULL OR schedule_deadline > now())
+        ORDER BY priority DESC, id
+        LIMIT %(limit)s
+        FOR UPDATE SKIP LOCKED
+    ) f
 ) u
 ORDER BY u.priority DESC, u.id
 LIMIT %(limit)s
