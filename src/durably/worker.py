@@ -312,7 +312,10 @@ class Worker:
     async def _execute(self, ex: _Execution) -> None:
         outcome: Outcome | None = None
         try:
-            log.debug("run %s attempt %s started", ex.run_id, ex.attempt, extra=self._fields(ex))
+            if log.isEnabledFor(logging.DEBUG):  # on every run: skip building the fields
+                log.debug(
+                    "run %s attempt %s started", ex.run_id, ex.attempt, extra=self._fields(ex)
+                )
             with telemetry.attempt_span(
                 ex.task.name, ex.run_id, ex.attempt, self.id, ex.trace_context
             ):
@@ -324,10 +327,15 @@ class Worker:
                 log.exception("run %s: recording the attempt failed", ex.run_id)
                 outcome = Outcome(ex.run_id, ex.attempt, "fail", error=error_json(exc))
         finally:
-            kind = outcome.kind if outcome is not None else "none (suspended or taken away)"
-            log.debug(
-                "run %s attempt %s ended: %s", ex.run_id, ex.attempt, kind, extra=self._fields(ex)
-            )
+            if log.isEnabledFor(logging.DEBUG):
+                kind = outcome.kind if outcome is not None else "none (suspended or taken away)"
+                log.debug(
+                    "run %s attempt %s ended: %s",
+                    ex.run_id,
+                    ex.attempt,
+                    kind,
+                    extra=self._fields(ex),
+                )
             if self._running.get(ex.run_id) is ex:
                 del self._running[ex.run_id]
             if outcome is not None and not ex.abandoned:
