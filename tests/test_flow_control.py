@@ -98,6 +98,7 @@ def test_a_killed_workers_runs_count_until_recovered(
     assert short_started.fetchone() == (0,)
 
 
-def test_a_bad_limit_is_refused_in_one_line(app: durably.App) -> None:
-    with pytest.raises(ValueError, match=r"concurrency=0 is not valid for task 'x': pass an int"):
-        app.task(name="x", concurrency=0)(lambda: None)
+@pytest.mark.parametrize("bad", [0, -1, True, "5", 2.5])
+def test_a_bad_limit_is_refused_in_one_line(app: durably.App, bad: Any) -> None:
+    with pytest.raises(ValueError, match=r"concurrency=.* is not valid for task 'x': pass an int"):
+        app.task(name="x", concurrency=bad)(lambda: None)

@@ -88,7 +88,9 @@ class Task(Generic[P, R]):
         self.max_recoveries = max_recoveries
         self.is_async = inspect.iscoroutinefunction(fn)
         self.durable = durable
-        if concurrency is not None and (isinstance(concurrency, bool) or concurrency < 1):
+        if concurrency is not None and (
+            isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
+        ):
             raise ValueError(
                 f"concurrency={concurrency!r} is not valid for task {self.name!r}: pass an "
                 "int >= 1 (the most runs executing at once across all workers), or None"
