@@ -191,7 +191,10 @@ class Store:
         claim = self._sql.pop("claim")
         self._sql["claim_one_queue"] = claim.replace("{pick}", self._sql["claim_pick_one_queue"])
         self._sql["claim_queues"] = claim.replace("{pick}", self._sql["claim_pick_queues"])
-        self._sql["claim_limited"] = claim.replace("{pick}", self._sql["claim_pick_limited"])
+        # The limited form claims the pool's other tasks exactly as the several-queues form does.
+        unlimited = self._sql["claim_pick_queues"].replace("%(tasks)s", "%(unlimited)s")
+        limited = self._sql["claim_pick_limited"].replace("{unlimited}", unlimited)
+        self._sql["claim_limited"] = claim.replace("{pick}", limited)
         # So has `finish`: a batch of outcomes in arrays, or one outcome in scalars.
         finish = self._sql.pop("finish")
         self._sql["finish"] = finish.replace("{outcomes}", self._sql["finish_outcomes_many"])

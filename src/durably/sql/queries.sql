@@ -121,7 +121,8 @@ SELECT id FROM {schema}.runs
 -- name: claim_pick_queues
 -- The `picked` part of `claim` for several queues: one ordered, limited index scan per queue
 -- (with `queue = ANY(...)` Postgres would read and sort every due queued run on every claim).
-SELECT c.id FROM unnest(%(queues)s::text[]) AS q(name)
+-- Also the unlimited half of `claim_pick_limited`, which orders by priority too.
+SELECT c.id, c.priority FROM unnest(%(queues)s::text[]) AS q(name)
     CROSS JOIN LATERAL (
         SELECT id, priority FROM {schema}.runs
         WHERE status = 'QUEUED'
@@ -143,7 +144,7 @@ SELECT c.id FROM unnest(%(queues)s::text[]) AS q(name)
 -- RUNNING counts below are read by one claimer at a time and no two workers can both fill the
 -- same room. Each limited task with room gets one ordered index scan per queue, numbered across
 -- its queues so that only its room is kept (LIMIT cannot depend on a row's room); the other
--- tasks get one ordered scan per queue capped at the claim's limit; the best of all are taken.
+-- tasks are claimed as `claim_pick_queues` claims them; the best of all are taken.
 -- A dead worker's runs keep counting until the sweeper recovers them (its lease expired).
 WITH running AS MATERIALIZED (
     -- Every RUNNING run's task, read once from the small partial index of running runs (a
@@ -175,20 +176,7 @@ SELECT u.id FROM (
     ) n
     WHERE n.k <= n.room
     UNION ALL
-    SELECT f.id, f.priority
-    FROM unnest(%(queues)s::text[]) AS q(name)
-    CROSS JOIN LATERAL (
-        SELECT id, priority FROM {schema}.runs
-        WHERE status = 'QUEUED'
-          AND queue = q.name
-          AND durable = %(durable)s
-          AND task = ANY(%(unlimited)s::text[])
-          AND run_at <= now()
-          AND (schedule_deadline IS NULL OR schedule_deadline > now())
-        ORDER BY priority DESC, id
-        LIMIT %(limit)s
-        FOR UPDATE SKIP LOCKED
-    ) f
+    SELECT f.id, f.priority FROM ({unlimited}) f  -- claim_pick_queues, for the other tasks
 ) u
 ORDER BY u.priority DESC, u.id
 LIMIT %(limit)s
