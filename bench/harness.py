@@ -10,7 +10,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -21,6 +20,7 @@ from typing import Any, TypeVar
 import psycopg
 
 from bench.apps import SCHEMA_ENV
+from bench.peers import common
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,15 +77,10 @@ def isolated(fn: Callable[..., T], *args: Any) -> T:
 
 
 def wait_until(condition: Callable[[], T], timeout: float, interval: float, what: str) -> T:
-    """Poll ``condition`` until it returns a truthy value; raise TimeoutError after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+    """Poll ``condition`` until it returns a truthy value; raise TimeoutError after ``timeout``
+    (the adapters' helper, with this module's argument order)."""
+    value: T = common.wait_until(condition, timeout, what, every=interval)
+    return value
 
 
 class WorkerProcess:
