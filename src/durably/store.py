@@ -1,6 +1,8 @@
 """Store: the only module that executes SQL.
 
-Every statement lives in ``sql/queries.sql`` (named blocks) or ``sql/migrations/NNNN_name.sql``;
+Every statement lives in a ``sql/*.sql`` file of named blocks (``queries.sql`` for the engine,
+``operator_views.sql`` for the dashboard and CLI, one file per further concept) or in
+``sql/migrations/NNNN_name.sql``;
 ``{schema}`` in them is replaced by the App's quoted schema name, and values are always bound
 parameters. Connections come from one psycopg async pool in autocommit mode, so a single statement
 costs one round trip; statements that must commit together run in an explicit transaction.
@@ -47,7 +49,19 @@ def _parse_named_blocks(text: str) -> dict[str, str]:
     return blocks
 
 
-_QUERIES = _parse_named_blocks(_read_sql("queries.sql"))
+def _all_named_blocks() -> dict[str, str]:
+    blocks: dict[str, str] = {}
+    for file in sorted(resources.files("durably").joinpath("sql").iterdir(), key=lambda f: f.name):
+        if file.name.endswith(".sql"):
+            found = _parse_named_blocks(file.read_text())
+            clash = blocks.keys() & found.keys()
+            if clash:
+                raise RuntimeError(f"{file.name}: statement names defined twice: {sorted(clash)}")
+            blocks.update(found)
+    return blocks
+
+
+_QUERIES = _all_named_blocks()
 
 
 @dataclass(frozen=True)
@@ -641,7 +655,7 @@ class Store:
 
     # -- operator views (dashboard and CLI) --------------------------------------------------
     # Read-only and paged by keyset. Rows are dicts keyed by the column names of the SQL in
-    # queries.sql ("Operator views"), ready for templates, tables and JSON. They run unprepared,
+    # operator_views.sql, ready for templates, tables and JSON. They run unprepared,
     # so each is planned with its actual values: NULL filters fold away, and the planner uses
     # the index that matches the filters given.
 
