@@ -21,8 +21,19 @@ from bench.peers.common import Probe
 from durably.tasks import Task
 
 SCHEMA_ENV = "DURABLY_BENCH_SCHEMA"
-# A global concurrency limit on the no-op tasks (bench.queue --limit): the cost of a limited claim.
-LIMIT_ENV = "DURABLY_BENCH_LIMIT"
+# Flow control on the no-op tasks (bench.flow): one of FLOW_MODES, with limits too high to bind,
+# so a drain measures what the mechanism costs the claim, not the limit itself.
+FLOW_ENV = "DURABLY_BENCH_FLOW"
+FLOW_KEYS = 100  # keys the keyed modes spread the runs over
+NEVER = 1_000_000_000
+FLOW_MODES: dict[str, dict[str, Any]] = {
+    "plain": {},
+    "task concurrency": {"concurrency": NEVER},
+    "queue concurrency": {},  # app.queue("default", concurrency=NEVER)
+    "task rate limit": {"rate_limit": f"{NEVER}/second"},
+    "per-key concurrency": {"concurrency_key": True, "key_concurrency": 10},
+    "fairness": {"fairness_key": True},
+}
 DEFAULT_SCHEMA = "durably_bench"
 
 
@@ -132,11 +143,14 @@ class BenchApp:
 def build(schema: str, url: str | None = None) -> BenchApp:
     """An App on ``schema`` (``url`` or the environment's database) with the tasks."""
     app = durably.App(url, schema=schema)
-    limit = int(os.environ[LIMIT_ENV]) if os.environ.get(LIMIT_ENV) else None
+    mode = os.environ.get(FLOW_ENV) or "plain"
+    flow = FLOW_MODES[mode]
+    if mode == "queue concurrency":
+        app.queue("default", concurrency=NEVER)
     return BenchApp(
         app=app,
-        noop=app.task(name="bench.noop", concurrency=limit)(noop),
-        noop_sync=app.task(name="bench.noop_sync", concurrency=limit)(noop_sync),
+        noop=app.task(name="bench.noop", **flow)(noop),
+        noop_sync=app.task(name="bench.noop_sync", **flow)(noop_sync),
         item=app.task(name="bench.item")(item),
         started=app.task(name="bench.started")(started),
         probe=app.task(name="bench.probe")(probe),

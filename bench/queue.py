@@ -16,13 +16,11 @@ if __name__ == "__main__" and not __package__:
 
 import argparse
 import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bench import workloads
-from bench.apps import LIMIT_ENV
 from bench.floor import pickup_floor
 from bench.harness import database_url, int_list, median, percentile
 from durably.store import describe_url
@@ -77,7 +75,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--pause", type=float, default=0.05, help="idle seconds before each pickup sample")
     add("--pickup-slots", type=int, default=10, help="slots of the idle worker")
     add("--only", action="append", choices=WORKLOADS, help="run only these (repeatable)")
-    add("--limit", type=int, help="give the no-op tasks a global concurrency limit of N")
     add("--json", type=Path, help="also write every figure to this JSON file")
     return parser.parse_args(argv)
 
@@ -191,8 +188,6 @@ def run_selected(args: argparse.Namespace, url: str, selected: list[str]) -> lis
 def main(argv: list[str] | None = None) -> None:
     """Run the selected workloads and print the table."""
     args = parse_args(argv)
-    if args.limit:  # read by bench.apps, in this process and in the workers it starts
-        os.environ[LIMIT_ENV] = str(args.limit)
     url = database_url()
     print(f"durably queue benchmark on {describe_url(url)}, {args.runs} runs each", file=sys.stderr)
     started = time.monotonic()

@@ -7,13 +7,14 @@ Client-side code runs in a forked child (:func:`bench.harness.isolated`), worker
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 
-from bench.apps import build
+from bench.apps import FLOW_ENV, FLOW_KEYS, FLOW_MODES, build
 from bench.harness import WorkerProcess, connect, isolated, throwaway_schema, wait_until
 
 WARMUP = 20  # calls before timing starts: opens the pool, migrates, warms the caches
@@ -26,6 +27,13 @@ ENQUEUE_CHUNK = 5_000  # rows per enqueue_many call when filling the queue for a
 def fill_queue(url: str, schema: str, task: str, count: int) -> None:
     """Enqueue ``count`` runs of ``task`` with enqueue_many (before any worker starts)."""
     bench = build(schema, url)
+    flow = FLOW_MODES[os.environ.get(FLOW_ENV) or "plain"]
+    keyed = [k for k in ("concurrency_key", "fairness_key") if flow.get(k)]
+    if keyed:  # the runs spread evenly over FLOW_KEYS keys, key by key
+        for key in range(FLOW_KEYS):
+            calls = [()] * (count // FLOW_KEYS + (key < count % FLOW_KEYS))
+            bench.task(task).options(**{keyed[0]: f"k{key}"}).enqueue_many(calls)
+        return
     for start in range(0, count, ENQUEUE_CHUNK):
         bench.task(task).enqueue_many([()] * min(ENQUEUE_CHUNK, count - start))
 

@@ -86,6 +86,7 @@ def test_list_filters_by_status_task_and_queue(cli: Cli, app: durably.App) -> No
         "STATUS",
         "ATTEMPTS",
         "CREATED",
+        "DUE",
         "TOOK",
         "ERROR",
     ]
@@ -118,6 +119,83 @@ def test_list_filters_by_time_range(
     utc_naive = (now - timedelta(hours=4)).astimezone(UTC).replace(tzinfo=None)
     until = cli("runs", "list", "--json", "--until", utc_naive.isoformat())
     assert ids(until) == [old.id]
+
+
+def run_at_and_now(db: psycopg.Connection[Any], schema: str, run_id: int) -> tuple[datetime, Any]:
+    """A run's run_at and the database's clock."""
+    row = db.execute(f'SELECT run_at, now() FROM "{schema}".runs WHERE id = %s', (run_id,))
+    found = row.fetchone()
+    assert found is not None
+    return found[0], found[1]
+
+
+def test_list_shows_delayed_runs_with_when_they_are_due_and_filters_them(
+    cli: Cli, app: durably.App, db: psycopg.Connection[Any], schema: str
+) -> None:
+    @app.task(name="idle")
+    def idle(n: int) -> None:
+        pass
+
+    due = idle.enqueue(1)
+    later = idle.options(delay=250).enqueue(2)
+    elsewhere = idle.options(delay=3600, queue="reports").enqueue(3)
+    was_delayed = idle.options(delay=600).enqueue(4)
+    # Its time came: still QUEUED, but due, so no longer delayed.
+    db.execute(
+        f"UPDATE \"{schema}\".runs SET run_at = now() - interval '5 seconds' WHERE id = %s",
+        (was_delayed.id,),
+    )
+    cancelled = idle.options(delay=60).enqueue(5)
+    assert app.cancel(cancelled.id)
+
+    assert ids(cli("runs", "list", "--json", "--status", "delayed")) == [elsewhere.id, later.id]
+    assert ids(cli("runs", "list", "--json", "--status", "DELAYED", "--queue", "default")) == [
+        later.id
+    ]
+    # With other statuses: those runs, and the queued ones that are not due yet.
+    mixed = cli("runs", "list", "--json", "--status", "delayed,cancelled")
+    assert ids(mixed) == [cancelled.id, elsewhere.id, later.id]
+    # QUEUED takes every queued run, delayed or not.
+    queued = [was_delayed.id, elsewhere.id, later.id, due.id]
+    assert ids(cli("runs", "list", "--json", "--status", "queued,delayed")) == queued
+    assert ids(cli("runs", "list", "--json", "--status", "queued")) == queued
+
+    rows = {row["id"]: row for row in json.loads(cli("runs", "list", "--json").stdout)}
+    run_at, _ = run_at_and_now(db, schema, later.id)
+    assert datetime.fromisoformat(rows[later.id]["run_at"]) == run_at
+    assert 240 < rows[later.id]["due_in_s"] <= 250
+    assert 3590 < rows[elsewhere.id]["due_in_s"] <= 3600
+    for other in (due, was_delayed, cancelled):
+        assert rows[other.id]["due_in_s"] is None
+        assert datetime.fromisoformat(rows[other.id]["run_at"]).utcoffset() == timedelta(0)
+
+    table = cli("runs", "list")
+    assert table.exit_code == 0, table.output
+    header, *lines = table.stdout.splitlines()
+    assert header.split()[5:8] == ["CREATED", "DUE", "TOOK"]
+    start = header.index("DUE")
+    due_cells = {int(line.split()[0]): line[start:].split("  ")[0].strip() for line in lines}
+    assert re.fullmatch(r"in 4m[01]\ds", due_cells[later.id]), due_cells
+    assert re.fullmatch(r"in (59m[45]\ds|1h00m)", due_cells[elsewhere.id]), due_cells
+    assert due_cells[due.id] == due_cells[was_delayed.id] == due_cells[cancelled.id] == "-"
+
+
+def test_bulk_cancel_of_delayed_runs(cli: Cli, app: durably.App) -> None:
+    @app.task(name="idle")
+    def idle() -> None:
+        pass
+
+    now = idle.enqueue()
+    later = [idle.options(delay=600).enqueue() for _ in range(2)]
+    done = cli("runs", "cancel", "--status", "delayed", "--yes")
+    assert done.exit_code == 0, done.output
+    assert done.stdout.splitlines() == ["2 runs match (status DELAYED)", "cancelled 2 runs"]
+    assert statuses(later) == ["CANCELLED"] * 2
+    assert now.status() == "QUEUED"
+    # A delayed run is a queued one: retry does not apply to it.
+    wrong = cli("runs", "retry", "--status", "delayed", "--yes")
+    assert wrong.exit_code == 2
+    assert "DELAYED: retry applies only to FAILED, CANCELLED runs" in wrong.stderr
 
 
 def test_list_pages_with_before(cli: Cli, app: durably.App) -> None:
@@ -290,6 +368,49 @@ def test_show_pages_a_long_event_log_and_opens_one_event(cli: Cli, app: durably.
         beyond.stderr.strip()
         == f"refused: run {handle.id} has no event 12: it has 12 event(s), numbered from 0"
     )
+
+
+def test_show_a_delayed_run_its_due_time_and_its_flow_control_keys(
+    cli: Cli, app: durably.App, db: psycopg.Connection[Any], schema: str
+) -> None:
+    @app.task(name="idle")
+    def idle() -> None:
+        pass
+
+    later = idle.options(delay=250).enqueue()
+    due = idle.enqueue()
+    db.execute(
+        f'UPDATE "{schema}".runs SET concurrency_key = %s, fairness_key = %s WHERE id = %s',
+        ("customer-7", "tenant-a", later.id),
+    )
+    run_at, _ = run_at_and_now(db, schema, later.id)
+
+    shown = cli("runs", "show", str(later.id))
+    assert shown.exit_code == 0, shown.output
+    lines = shown.stdout.splitlines()
+    assert {
+        "status: QUEUED (delayed)",
+        "concurrency_key: customer-7",
+        "fairness_key: tenant-a",
+    } <= (set(lines))
+    (when,) = [line for line in lines if line.startswith("run_at: ")]
+    stamp = run_at.astimezone(UTC).isoformat(sep=" ", timespec="milliseconds")[:-6]
+    assert re.fullmatch(rf"run_at: {re.escape(stamp)} \(due in 4m[01]\ds\)", when), when
+    as_json = json.loads(cli("runs", "show", str(later.id), "--json").stdout)
+    assert datetime.fromisoformat(as_json["run_at"]) == run_at
+    assert 240 < as_json["due_in_s"] <= 250
+    assert (as_json["concurrency_key"], as_json["fairness_key"]) == ("customer-7", "tenant-a")
+
+    # A queued run that is due: how long it has waited, no delay, no keys.
+    shown = cli("runs", "show", str(due.id))
+    assert shown.exit_code == 0, shown.output
+    lines = shown.stdout.splitlines()
+    assert "status: QUEUED" in lines
+    (when,) = [line for line in lines if line.startswith("run_at: ")]
+    assert re.fullmatch(r"run_at: [\d-]+ [\d:.]+ \(due \d+\.\d\ds ago\)", when), when
+    assert "concurrency_key" not in shown.stdout and "fairness_key" not in shown.stdout
+    as_json = json.loads(cli("runs", "show", str(due.id), "--json").stdout)
+    assert as_json["due_in_s"] is None and as_json["concurrency_key"] is None
 
 
 def test_show_a_failed_run_and_an_unknown_one(cli: Cli, app: durably.App) -> None:

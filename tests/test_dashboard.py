@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -61,14 +62,16 @@ def test_runs_page_lists_runs_filters_them_and_updates_live(
         failed.result(30)
     waiting = tasks.await_approval.enqueue("o-2")
     wait_until(lambda: waiting.status() == "WAITING", what="the approval to wait")
+    later = tasks.echo.options(delay=3600).enqueue("in an hour")
 
     page.goto(server.url + "/")
     expect(page.locator(f"tr[data-run='{order.id}'] .status")).to_have_text("COMPLETED")
     expect(page.locator(f"tr[data-run='{failed.id}'] .status")).to_have_text("FAILED")
     expect(page.locator(f"tr[data-run='{failed.id}'] td.err")).to_have_text("ValueError")
     expect(page.locator(f"tr[data-run='{waiting.id}'] .status")).to_have_text("WAITING")
+    expect(page.locator(f"tr[data-run='{later.id}'] .due")).to_contain_text("delayed · due")
     # Three children of the order, each listed with its parent.
-    expect(page.locator("tr[data-run]")).to_have_count(6)
+    expect(page.locator("tr[data-run]")).to_have_count(7)
 
     # A run enqueued while the page is open shows up without a reload (htmx polls the table),
     # and its status follows the run.
@@ -90,6 +93,84 @@ def test_runs_page_lists_runs_filters_them_and_updates_live(
     page.goto(server.url + "/?status=nonsense&since=yesterday")
     expect(page.locator(".error-line").first).to_contain_text("'NONSENSE' is not one of")
     expect(page.locator(".error-line").nth(1)).to_contain_text("'yesterday' is not a time")
+
+
+def due_time(db: psycopg.Connection[Any], schema: str, run_id: int) -> datetime:
+    """When a run is due (its run_at), in UTC."""
+    row = db.execute(f'SELECT run_at FROM "{schema}".runs WHERE id = %s', (run_id,)).fetchone()
+    assert row is not None
+    at: datetime = row[0]
+    return at.astimezone(UTC)
+
+
+def test_delayed_runs_are_marked_with_their_due_time_and_filtered(
+    app: durably.App,
+    tasks: Tasks,
+    server: DashboardServer,
+    page: Page,
+    db: psycopg.Connection[Any],
+    schema: str,
+) -> None:
+    # No worker: every run stays QUEUED, due now or later.
+    due = tasks.echo.enqueue("now")
+    later = tasks.echo.options(delay=3600).enqueue("in an hour")
+    soon = tasks.echo.options(delay=3600, queue="reports").enqueue("in an hour too")
+    db.execute(
+        f'UPDATE "{schema}".runs SET concurrency_key = %s, fairness_key = %s WHERE id = %s',
+        ("customer-7", "tenant-a", later.id),
+    )
+    at = due_time(db, schema, later.id)
+
+    page.goto(server.url + "/")
+    row = page.locator(f"tr[data-run='{later.id}']")
+    expect(row.locator(".status")).to_have_text("QUEUED")
+    # The time of day when it is due today (UTC), else with its date.
+    expect(row.locator(".due")).to_have_text(
+        re.compile(rf"^delayed · due (\d{{4}}-\d\d-\d\d )?{at:%H:%M:%S} UTC$")
+    )
+    expect(page.locator(f"tr[data-run='{due.id}'] .status")).to_have_text("QUEUED")
+    expect(page.locator(f"tr[data-run='{due.id}'] .due")).to_have_count(0)
+
+    page.select_option("select[name=status]", "DELAYED")
+    page.click("form.filters button[type=submit]")
+    expect(page).to_have_url(re.compile(r"status=DELAYED"))
+    rows = page.locator("tr[data-run]")
+    expect(rows).to_have_count(2)
+    expect(rows.nth(0)).to_have_attribute("data-run", str(soon.id))
+    expect(rows.nth(1)).to_have_attribute("data-run", str(later.id))
+    # Its time comes: the live table drops it, as the filter is read on the database clock.
+    db.execute(
+        f"UPDATE \"{schema}\".runs SET run_at = now() - interval '1 second' WHERE id = %s",
+        (soon.id,),
+    )
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_have_attribute("data-run", str(later.id))
+    page.goto(server.url + "/?status=delayed&queue=reports")
+    expect(page.locator("td.empty")).to_have_text("No runs match.")
+
+    # The queues page links a queue's delayed runs.
+    page.goto(server.url + "/queues")
+    page.click("tr[data-queue='default'] td:nth-child(3) a")
+    expect(page).to_have_url(re.compile(r"queue=default&status=DELAYED$"))
+    expect(rows).to_have_count(1)
+
+    page.click(f"a[href='/runs/{later.id}']")
+    expect(page.locator("#run-status")).to_have_text("QUEUED")
+    expect(page.locator("#run-delayed")).to_have_text("delayed")
+    expect(page.locator("#run-due")).to_have_text(
+        re.compile(rf"^{at:%Y-%m-%d %H:%M:%S} · in (59 m \d+ s|1 h 0 m)$")
+    )
+    expect(page.locator("#run-concurrency-key")).to_have_text("customer-7")
+    expect(page.locator("#run-fairness-key")).to_have_text("tenant-a")
+
+    page.goto(f"{server.url}/runs/{due.id}")
+    expect(page.locator("#run-status")).to_have_text("QUEUED")
+    expect(page.locator("#run-due")).to_have_text(
+        re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d · [\d.]+ m?s ago$")
+    )
+    expect(page.locator("#run-delayed")).to_have_count(0)
+    expect(page.locator("#run-concurrency-key")).to_have_count(0)
+    expect(page.locator("#run-fairness-key")).to_have_count(0)
 
 
 def test_runs_are_paged_by_keyset(

@@ -16,9 +16,11 @@ from .errors import (
     RunCancelled,
     RunFailed,
     StepFailed,
+    UnknownSchedule,
     UnknownTask,
 )
 from .retry import Backoff
+from .schedules import Schedule
 from .tasks import BoundTask, Run, RunHandle, Task
 from .worker import Worker
 
@@ -42,9 +44,11 @@ __all__ = [
     "RunCancelled",
     "RunFailed",
     "RunHandle",
+    "Schedule",
     "StepFailed",
     "SyncDurableContext",
     "Task",
+    "UnknownSchedule",
     "UnknownTask",
     "Worker",
     "current_run_id",

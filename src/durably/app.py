@@ -13,9 +13,12 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from typing_extensions import Unpack
 
+from . import schedules as scheduling
 from .errors import ConfigurationError, UnknownTask
+from .flow import QueueLimits, Rate, check_limit
 from .notify import Listener, Waiters
 from .portal import Portal
+from .schedules import Schedule
 from .serde import check_text, encode_result
 from .store import LATEST_VERSION, Store, check_schema_name, connect
 from .tasks import Run, RunHandle, Task, TaskOptions
@@ -53,6 +56,7 @@ class App:
         self.max_payload = max_payload
         self.pool_size = pool_size
         self.registry: dict[str, Task[Any, Any]] = {}
+        self.queues: dict[str, QueueLimits] = {}
         self._stores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[Store]] = (
             weakref.WeakKeyDictionary()
         )
@@ -125,6 +129,23 @@ class App:
             return task
 
         return register if fn is None else register(fn)
+
+    def queue(
+        self, name: str, *, concurrency: int | None = None, rate_limit: str | None = None
+    ) -> None:
+        """Limit every run of queue ``name`` across all workers: ``concurrency`` runs executing
+        at once, ``rate_limit`` starts per period (``"100/minute"``). Workers serving the queue
+        must declare the same limits (docs/flow-control.md)."""
+        owner = f"queue {name!r}"
+        limits = QueueLimits(
+            concurrency=check_limit(concurrency, "concurrency", owner),
+            rate=Rate.parse(rate_limit, "rate_limit", owner),
+        )
+        check_text(name, "queue name")
+        if limits.concurrency is None and limits.rate is None:
+            self.queues.pop(name, None)  # no limits left: its claims need no flow control
+        else:
+            self.queues[name] = limits
 
     def get_task(self, name: str) -> Task[Any, Any]:
         """The registered task called ``name``."""
@@ -355,10 +376,11 @@ class App:
     # -- operator views (dashboard and CLI): read-only, paged, rows as dicts ---------------
 
     async def runs_page_async(self, **query: Any) -> list[dict[str, Any]]:
-        """A page of runs, newest first: filters ``status`` (or ``statuses``, a list), ``task``,
-        ``queue``, ``created_after``, ``created_before`` (datetimes), ``within`` and
-        ``older_than`` (seconds), paged with ``before_id`` / ``after_id`` and ``limit`` (see
-        :meth:`Store.runs_page`)."""
+        """A page of runs, newest first: filters ``status`` (or ``statuses``, a list; either may
+        be ``"DELAYED"``, a QUEUED run not due yet), ``task``, ``queue``, ``created_after``,
+        ``created_before`` (datetimes), ``within`` and ``older_than`` (seconds), paged with
+        ``before_id`` / ``after_id`` and ``limit`` (see :meth:`Store.runs_page`). Each row has
+        ``run_at`` and ``due_in_s``: seconds until a delayed run is due (None for the others)."""
         return await (await self.store()).runs_page(**query)
 
     def runs_page(self, **query: Any) -> list[dict[str, Any]]:
@@ -376,7 +398,8 @@ class App:
         return self.call(self.runs_count_async(**filters))
 
     async def run_detail_async(self, run_id: int) -> dict[str, Any] | None:
-        """One run in full, with the number of its events, children and archived events."""
+        """One run in full, with the number of its events, children and archived events, its
+        flow-control keys, and ``due_in_s`` (seconds until it is due, for a delayed run)."""
         return await (await self.store()).run_detail(run_id)
 
     def run_detail(self, run_id: int) -> dict[str, Any] | None:
@@ -445,6 +468,91 @@ class App:
     def throughput(self, minutes: int = 60, queue: str | None = None) -> list[dict[str, Any]]:
         """Completions and failures per minute (see :meth:`throughput_async`)."""
         return self.call(self.throughput_async(minutes, queue))
+
+    # -- schedules (docs/scheduling.md) ----------------------------------------------------
+
+    async def schedule_async(
+        self,
+        task: Task[Any, Any] | str,
+        cron: str,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        name: str | None = None,
+        timezone: str = "UTC",
+        catch_up: str = "latest",
+    ) -> Schedule:
+        """Enqueue ``task(*args, **kwargs)`` on every tick of ``cron`` (5 fields, or 6 with
+        seconds first) in ``timezone``, from the next tick on; workers that have the task fire
+        it, one run per tick. Creates the schedule ``name`` or updates it (keeping its next tick
+        unless the cron or the time zone changed, and its paused state). ``name`` defaults to
+        the task's name, plus a digest of the arguments when there are any. ``catch_up`` says
+        what ticks missed while no worker ran enqueue: ``"latest"`` (one run, the default),
+        ``"all"`` (one run each) or ``"none"``."""
+        return await scheduling.save(
+            self, task, cron, args, kwargs, name=name, timezone=timezone, catch_up=catch_up
+        )
+
+    def schedule(
+        self,
+        task: Task[Any, Any] | str,
+        cron: str,
+        args: tuple[Any, ...] | list[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        *,
+        name: str | None = None,
+        timezone: str = "UTC",
+        catch_up: str = "latest",
+    ) -> Schedule:
+        """Enqueue a task on a cron (see :meth:`schedule_async`)."""
+        return self.call(
+            self.schedule_async(
+                task, cron, args, kwargs, name=name, timezone=timezone, catch_up=catch_up
+            )
+        )
+
+    async def schedules_async(self) -> list[Schedule]:
+        """Every schedule of the schema (declared with ``cron=`` or made with
+        :meth:`schedule`), by name."""
+        return await scheduling.list_all(self)
+
+    def schedules(self) -> list[Schedule]:
+        """Every schedule (see :meth:`schedules_async`)."""
+        return self.call(self.schedules_async())
+
+    async def get_schedule_async(self, name: str) -> Schedule | None:
+        """The schedule called ``name``, or None."""
+        return await scheduling.get(self, name)
+
+    def get_schedule(self, name: str) -> Schedule | None:
+        """The schedule called ``name``, or None."""
+        return self.call(self.get_schedule_async(name))
+
+    async def pause_schedule_async(self, name: str) -> Schedule:
+        """Stop firing a schedule until it is resumed (raises :class:`UnknownSchedule`)."""
+        return await scheduling.pause(self, name)
+
+    def pause_schedule(self, name: str) -> Schedule:
+        """Pause a schedule (see :meth:`pause_schedule_async`)."""
+        return self.call(self.pause_schedule_async(name))
+
+    async def resume_schedule_async(self, name: str) -> Schedule:
+        """Fire a paused schedule again from its next tick after now: ticks of the paused time
+        are not caught up (raises :class:`UnknownSchedule`)."""
+        return await scheduling.resume(self, name)
+
+    def resume_schedule(self, name: str) -> Schedule:
+        """Resume a schedule (see :meth:`resume_schedule_async`)."""
+        return self.call(self.resume_schedule_async(name))
+
+    async def delete_schedule_async(self, name: str) -> bool:
+        """Delete a schedule; False when there is none of that name. Runs it enqueued stay. A
+        schedule declared with ``cron=`` comes back when a worker starts: remove ``cron=``."""
+        return await scheduling.delete(self, name)
+
+    def delete_schedule(self, name: str) -> bool:
+        """Delete a schedule (see :meth:`delete_schedule_async`)."""
+        return self.call(self.delete_schedule_async(name))
 
 
 async def _per_loop(

@@ -190,6 +190,9 @@ class DurableRun:
                     "schedule_timeout": run.schedule_timeout,
                     "durable": durable,
                     "trace_context": run.trace_context,
+                    "concurrency_key": run.concurrency_key,
+                    "fairness_key": run.fairness_key,
+                    "flow": run.flow,
                 }
             )
         )

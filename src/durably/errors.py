@@ -43,6 +43,10 @@ class UnknownTask(DurablyError, LookupError):
     """No task of that name is registered on this App."""
 
 
+class UnknownSchedule(DurablyError, LookupError):
+    """No schedule of that name exists in the App's schema."""
+
+
 class LeaseLost(DurablyError):
     """The worker no longer holds the run: it was recovered, cancelled or retried elsewhere."""
 

@@ -101,6 +101,9 @@ class NewRun:
     idempotency_key: str | None
     durable: bool = False
     trace_context: str | None = None  # JSON: the enqueuer's trace (telemetry.carrier)
+    concurrency_key: str | None = None
+    fairness_key: str | None = None
+    flow: bool = False  # under flow control: claimed by the controlled claim
 
 
 def check_schema_name(schema: str) -> str:
@@ -201,14 +204,18 @@ class Store:
             name: q.replace("{schema}", f'"{schema}"').replace("{channel}", f'"{self.channel}"')
             for name, q in _QUERIES.items()
         }
-        # The claim has two forms: a single queue is read in index order directly.
+        # The claim has three forms: a single queue is read in index order directly; several
+        # queues one by one; and under flow control, the pool's free tasks are claimed as the
+        # several-queues form claims them, beside the controlled ones.
         claim = self._sql.pop("claim")
-        self._sql["claim_one_queue"] = claim.replace("{pick}", self._sql["claim_pick_one_queue"])
-        self._sql["claim_queues"] = claim.replace("{pick}", self._sql["claim_pick_queues"])
-        # The limited form claims the pool's other tasks exactly as the several-queues form does.
-        unlimited = self._sql["claim_pick_queues"].replace("%(tasks)s", "%(unlimited)s")
-        limited = self._sql["claim_pick_limited"].replace("{unlimited}", unlimited)
-        self._sql["claim_limited"] = claim.replace("{pick}", limited)
+        plain = claim.replace("{record}", "")
+        self._sql["claim_one_queue"] = plain.replace("{pick}", self._sql["claim_pick_one_queue"])
+        self._sql["claim_queues"] = plain.replace("{pick}", self._sql["claim_pick_queues"])
+        free = self._sql["claim_pick_queues"].replace("%(tasks)s", "%(free)s")
+        controlled = self._sql["claim_pick_controlled"].replace("{free}", free)
+        self._sql["claim_controlled"] = claim.replace("{pick}", controlled).replace(
+            "{record}", "\n" + self._sql["claim_record_flow"]
+        )
         # So has `finish`: a batch of outcomes in arrays, or one outcome in scalars.
         finish = self._sql.pop("finish")
         self._sql["finish"] = finish.replace("{outcomes}", self._sql["finish_outcomes_many"])
@@ -328,6 +335,9 @@ class Store:
             "idempotency_key": [r.idempotency_key for r in runs],
             "durable": [r.durable for r in runs],
             "trace_context": [r.trace_context for r in runs],
+            "concurrency_key": [r.concurrency_key for r in runs],
+            "fairness_key": [r.fairness_key for r in runs],
+            "flow": [r.flow for r in runs],
             "channel": self.channel,
         }
 
@@ -409,11 +419,11 @@ class Store:
         limit: int,
         lease: float,
         durable: bool = False,
-        limits: dict[str, int] | None = None,
+        flow: dict[str, Any] | None = None,
     ) -> list[Row]:
         """Claim up to ``limit`` due runs of ``tasks`` in one statement (FOR UPDATE SKIP LOCKED):
-        durable runs or task runs, as the slot pool being filled. ``limits`` (task -> most runs
-        executing at once across all workers) makes it a turn-taking claim that respects them."""
+        durable runs or task runs, as the slot pool being filled. ``flow`` (the pool's limits,
+        from :func:`durably.flow.claim_params`) makes it a turn-taking claim that keeps them."""
         params = {
             "worker_id": worker_id,
             "queues": queues,
@@ -422,24 +432,25 @@ class Store:
             "lease": lease,
             "durable": durable,
         }
-        if limits:
-            return await self._claim_limited(params, limits)
+        if flow:
+            return await self._claim_controlled({**params, **flow})
         name = "claim_one_queue" if len(queues) == 1 else "claim_queues"
         return await self.fetch(name, params)
 
-    async def _claim_limited(self, params: dict[str, Any], limits: dict[str, int]) -> list[Row]:
-        """The claim under the concurrency-limit lock, in one short transaction."""
-        unlimited = [t for t in params["tasks"] if t not in limits]
-        params = {
-            **params,
-            "limited": list(limits),
-            "caps": list(limits.values()),
-            "unlimited": unlimited,
-        }
+    async def _claim_controlled(self, params: dict[str, Any]) -> list[Row]:
+        """The claim under the flow-control lock, in one short transaction."""
         async with self.pool.connection() as conn, conn.transaction():
-            await self.execute(conn, "claim_limit_lock", {"namespace": self.namespace})
-            cur = await self.execute(conn, "claim_limited", params)
+            await self.execute(conn, "claim_flow_lock", {"namespace": self.namespace})
+            cur = await self.execute(conn, "claim_controlled", params)
             return await cur.fetchall()
+
+    async def flow_adopt(self, queues: list[str], tasks: list[str]) -> int:
+        """Mark queued runs of these queues and tasks as under flow control; returns how many
+        were not (enqueued before the limits were declared, or by code that did not declare
+        them)."""
+        async with self.pool.connection() as conn:
+            cur = await self.execute(conn, "flow_adopt", {"queues": queues, "tasks": tasks})
+            return cur.rowcount
 
     async def next_due(self, queues: list[str], tasks: list[str]) -> float | None:
         """Seconds until the earliest queued run of these queues and tasks is due."""
@@ -512,6 +523,7 @@ class Store:
             expired = len(await cur.fetchall())
             cur = await self.execute(conn, "sweep_wake_ready", params)
             woken = len(await cur.fetchall())
+            await self.execute(conn, "sweep_flow", params)
             return recovered, expired, woken
 
     async def register_worker(
@@ -578,7 +590,15 @@ class Store:
     async def log_spawn(self, params: dict[str, Any]) -> int | None:
         """Create a child run and its entry, fenced; the child's id, or None."""
         rows = await self.fetch(
-            "log_spawn", {"trace_context": None, **params, "channel": self.channel}
+            "log_spawn",
+            {
+                "trace_context": None,
+                "concurrency_key": None,
+                "fairness_key": None,
+                "flow": False,
+                **params,
+                "channel": self.channel,
+            },
         )
         return int(rows[0][0]) if rows else None
 
@@ -756,6 +776,38 @@ class Store:
         """Runs completed and failed in each of the last ``minutes`` minutes, oldest first."""
         return await self._ops_fetch("ops_throughput", {"minutes": minutes, "queue": queue})
 
+    # -- schedules -----------------------------------------------------------------------------
+    # The other statements of schedules.sql run through fetch(); this one is a transaction.
+
+    async def schedule_fire(
+        self,
+        name: str,
+        expected: datetime,
+        next_fire_at: datetime,
+        fired_at: datetime | None,
+        runs: Sequence[NewRun],
+    ) -> list[int] | None:
+        """Fire schedule ``name``: move its next tick from ``expected`` to ``next_fire_at`` and
+        insert ``runs``, in one transaction. None, writing nothing, when its next tick is no
+        longer ``expected`` (another worker fired it first, or it was paused or changed)."""
+        params = {
+            "name": name,
+            "expected": expected,
+            "next_fire_at": next_fire_at,
+            "fired_at": fired_at,
+        }
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = await self.execute(conn, "schedule_advance", params)
+            if await cur.fetchone() is None:
+                return None
+            ids = await self.enqueue(runs, conn) if runs else []
+            if ids:
+                await self.execute(conn, "schedule_fired", {"name": name, "run_id": ids[-1]})
+            return ids
+
+
+DELAYED = "DELAYED"  # not a status: the operator views' name for a QUEUED run not due yet
+
 
 def runs_filter(
     *,
@@ -769,11 +821,24 @@ def runs_filter(
     older_than: float | None = None,
 ) -> dict[str, Any]:
     """The parameters of ``ops_runs_filter``; None means any. ``status`` is one status,
-    ``statuses`` any of several; ``within`` keeps runs created in the last so many seconds and
-    ``older_than`` runs created longer ago than that (both on the database clock)."""
+    ``statuses`` any of several; either may be ``DELAYED``: a QUEUED run that is not due yet
+    (its ``run_at`` is after now, database clock). ``within`` keeps runs created in the last so
+    many seconds and ``older_than`` runs created longer ago than that (both on the database
+    clock)."""
+    delayed = None  # see ops_runs_filter: None, "all" or "queued"
+    if status == DELAYED:
+        status, delayed = "QUEUED", "all"
+    chosen = None if statuses is None else list(statuses)
+    if chosen is not None and DELAYED in chosen:
+        chosen.remove(DELAYED)
+        # QUEUED asked for as well takes every queued run, delayed or not.
+        if "QUEUED" not in chosen:
+            delayed = "queued" if chosen else "all"
+            chosen.append("QUEUED")
     return {
         "status": status,
-        "statuses": None if statuses is None else list(statuses),
+        "statuses": chosen,
+        "delayed": delayed,
         "task": task,
         "queue": queue,
         "created_after": created_after,

@@ -15,6 +15,7 @@ import psycopg
 
 from . import telemetry
 from .errors import RunCancelled, RunFailed
+from .flow import KeySource, TaskFlow
 from .retry import Backoff
 from .serde import Signature, check_text, encode_args
 from .store import NewRun
@@ -40,6 +41,15 @@ class TaskOptions(TypedDict, total=False):
     priority: int
     max_recoveries: int
     concurrency: int | None
+    rate_limit: str | None
+    concurrency_key: KeySource
+    key_concurrency: int | None
+    key_rate_limit: str | None
+    key_ordered: bool
+    fairness_key: KeySource
+    cron: str | None
+    timezone: str | None
+    catch_up: str | None
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,8 @@ class CallOptions:
     priority: int | None = None
     delay: float = 0.0
     idempotency_key: str | None = None
+    concurrency_key: str | None = None
+    fairness_key: str | None = None
 
 
 class Task(Generic[P, R]):
@@ -71,6 +83,15 @@ class Task(Generic[P, R]):
         max_recoveries: int = 20,
         durable: bool = False,
         concurrency: int | None = None,
+        rate_limit: str | None = None,
+        concurrency_key: KeySource = None,
+        key_concurrency: int | None = None,
+        key_rate_limit: str | None = None,
+        key_ordered: bool = False,
+        fairness_key: KeySource = None,
+        cron: str | None = None,
+        timezone: str | None = None,
+        catch_up: str | None = None,
     ) -> None:
         if retries < 0:
             raise ValueError(f"retries={retries} is not valid: pass 0 or more")
@@ -88,15 +109,26 @@ class Task(Generic[P, R]):
         self.max_recoveries = max_recoveries
         self.is_async = inspect.iscoroutinefunction(fn)
         self.durable = durable
-        if concurrency is not None and (
-            isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
-        ):
-            raise ValueError(
-                f"concurrency={concurrency!r} is not valid for task {self.name!r}: pass an "
-                "int >= 1 (the most runs executing at once across all workers), or None"
-            )
-        self.concurrency = concurrency
+        self.flow = TaskFlow.declare(
+            self.name,
+            concurrency=concurrency,
+            rate_limit=rate_limit,
+            concurrency_key=concurrency_key,
+            key_concurrency=key_concurrency,
+            key_rate_limit=key_rate_limit,
+            key_ordered=key_ordered,
+            fairness_key=fairness_key,
+        )
         self.signature = Signature(fn, skip_first=durable)
+        # A schedule named after the task, fired by workers (docs/scheduling.md): the cron, its
+        # time zone (None: UTC) and catch-up policy (None: "latest").
+        self.cron = cron
+        self.timezone = timezone
+        self.catch_up = catch_up
+        if cron is not None or timezone is not None or catch_up is not None:
+            from .schedules import check_declared  # schedules builds on this module
+
+            check_declared(self)
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -115,9 +147,13 @@ class Task(Generic[P, R]):
         delay: float = 0.0,
         idempotency_key: str | None = None,
         queue: str | None = None,
+        concurrency_key: str | None = None,
+        fairness_key: str | None = None,
     ) -> BoundTask:
-        """Per-call options: ``task.options(priority=5, delay=10).enqueue(...)``."""
-        return BoundTask(self, CallOptions(queue, priority, delay, idempotency_key))
+        """Per-call options: ``task.options(priority=5, delay=10).enqueue(...)``; the keys
+        override the task's key functions (docs/flow-control.md)."""
+        opts = CallOptions(queue, priority, delay, idempotency_key, concurrency_key, fairness_key)
+        return BoundTask(self, opts)
 
     def enqueue(
         self, *args: Any, connection: psycopg.Connection[Any] | None = None, **kwargs: Any
@@ -160,9 +196,13 @@ class Task(Generic[P, R]):
             check_text(opts.idempotency_key, f"{self.name}: the idempotency key")
         if opts.queue is not None:
             check_text(opts.queue, f"{self.name}: the queue name")
+        concurrency_key, fairness_key = self.flow.keys(
+            self.name, args, kwargs, (opts.concurrency_key, opts.fairness_key)
+        )
+        queue = opts.queue or self.queue
         return NewRun(
             task=self.name,
-            queue=opts.queue or self.queue,
+            queue=queue,
             priority=self.priority if opts.priority is None else opts.priority,
             args=encode_args(self.name, args, kwargs, self.app.max_payload),
             max_retries=self.retries,
@@ -172,6 +212,9 @@ class Task(Generic[P, R]):
             idempotency_key=opts.idempotency_key,
             durable=self.durable,
             trace_context=trace_context,
+            concurrency_key=concurrency_key,
+            fairness_key=fairness_key,
+            flow=self.flow.controlled or queue in self.app.queues,
         )
 
 

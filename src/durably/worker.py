@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from . import failpoints, telemetry
+from . import failpoints, flow, telemetry
 from .context import CURRENT_RUN, Suspend
 from .durable import DurableRun
 from .errors import (
@@ -39,6 +39,7 @@ from .errors import (
     NotSerializable,
 )
 from .notify import Listener, Waiters
+from .schedules import fire_schedules
 from .serde import encode_result, error_json
 from .store import LATEST_VERSION, Outcome, Store, first_line, is_transient
 from .threads import DaemonThreads
@@ -120,9 +121,9 @@ class Worker:
             for kind, cap in ((False, slots), (True, durable_slots))
         }
         self.busy = {False: 0, True: 0}
-        # Tasks with a global concurrency limit, by pool: their claims take turns (Store.claim).
-        self.limits = {
-            kind: {n: t.concurrency for n in names if (t := app.registry[n]).concurrency}
+        # Per pool, the flow-control parameters of its claims (None: nothing is controlled).
+        self.flow = {
+            kind: flow.claim_params([app.registry[n] for n in names], self.queues, app.queues)
             for kind, (names, _) in self.pools.items()
         }
         # Per pool: did its last claim take every free slot (or find none free)? Then due runs
@@ -158,6 +159,7 @@ class Worker:
         self.store = await Store.open(self.app.url, self.app.schema, max_size=4)
         try:
             await self._check_schema()
+            await self._adopt_flow()
             self._listener = Listener(self._connect_listener, self._on_message, self._on_reconnect)
             await self._listener.start()
             if handle_signals:
@@ -165,7 +167,12 @@ class Worker:
                     self._loop.add_signal_handler(sig, self.stop)
             background = [
                 asyncio.create_task(coro)
-                for coro in (self._listener.run(), self._heartbeat_loop(), self._sweep_loop())
+                for coro in (
+                    self._listener.run(),
+                    self._heartbeat_loop(),
+                    self._sweep_loop(),
+                    fire_schedules(self),
+                )
             ]
             self._flusher = asyncio.create_task(self._flush_loop())
             log.info("worker %s serving queues %s with %d slots", self.id, self.queues, self.slots)
@@ -235,6 +242,15 @@ class Worker:
                 f"({LATEST_VERSION}): upgrade durably on this worker"
             )
 
+    async def _adopt_flow(self) -> None:
+        """Queued runs of controlled tasks that were enqueued unmarked (before their limits were
+        declared) join the controlled claim, which reads marked runs only."""
+        for params in self.flow.values():
+            if params:
+                adopted = await self.store.flow_adopt(self.queues, params["c_task"])
+                if adopted:
+                    log.info("%d queued runs brought under flow control", adopted)
+
     async def _connect_listener(self) -> psycopg.AsyncConnection[Any]:
         return await self.store.register_worker(
             self.id, self.queues, self.task_names, self.slots, socket.gethostname(), os.getpid()
@@ -271,7 +287,7 @@ class Worker:
                 self._left_behind[durable] = bool(names)
                 continue
             rows = await self.store.claim(
-                self.id, self.queues, names, free, self.lease, durable, self.limits[durable]
+                self.id, self.queues, names, free, self.lease, durable, self.flow[durable]
             )
             claimed = [row for row in rows if row[1] is not None]
             for row in claimed:
@@ -441,8 +457,8 @@ class Worker:
         kind, _, rest = payload.partition(":")
         if kind == "q" and rest in self.queues:
             self._wake.set()
-        elif kind == "done" and any(self.limits.values()):
-            # A limited task's run may have ended on another worker: room to claim again.
+        elif kind == "done" and any(self.flow.values()):
+            # A controlled run may have ended on another worker: room to claim again.
             self._wake.set()
             self.waiters.on_message(payload)
         elif kind == "cancel":

@@ -1,10 +1,10 @@
 """The ``durably`` command line.
 
 ``durably worker APP`` runs a worker, ``durably dashboard`` serves the web UI, and the operator
-commands (``runs``, ``events``, ``workers``, ``queues``, ``db``) work on the database alone: they
-print tables (drawn by rich on a terminal, plain aligned text otherwise) or ``--json`` with stable
-keys. Exit status: 0 done, 1 refused (or an error of durably's), 2 usage. docs/cli.md has every
-command with an example.
+commands (``runs``, ``events``, ``workers``, ``queues``, ``schedules``, ``db``) work on the
+database alone: they print tables (drawn by rich on a terminal, plain aligned text otherwise) or
+``--json`` with stable keys. Exit status: 0 done, 1 refused (or an error of durably's), 2 usage.
+docs/cli.md has every command with an example.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from ..errors import ConfigurationError
 from .common import database_options, friendly_errors, load_app, resolve_app
 from .ops import db, events, queues, workers
 from .runs import runs
+from .schedules import schedules
 
 __all__ = ["load_app", "main", "resolve_app"]
 
@@ -32,7 +33,7 @@ def main(verbose: int) -> None:
     )
 
 
-for group in (runs, events, workers, queues, db):
+for group in (runs, events, workers, queues, schedules, db):
     main.add_command(group)
 
 

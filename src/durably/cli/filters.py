@@ -11,7 +11,12 @@ from typing import Any, TypeVar
 
 import click
 
+from ..store import DELAYED
+
 STATUSES = ("QUEUED", "RUNNING", "WAITING", "COMPLETED", "FAILED", "CANCELLED")
+# What --status takes: the statuses, and DELAYED, which is not one: a QUEUED run not due yet
+# (delay=, run_at=, a retry's backoff), as App.runs_page reads it.
+FILTER_STATUSES = ("QUEUED", DELAYED, *STATUSES[1:])
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"^(?:\d+(?:\.\d+)?[smhdw])+$")
 _PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
@@ -22,14 +27,16 @@ F = TypeVar("F", bound=Callable[..., Any])
 def parse_statuses(
     ctx: click.Context | None, param: click.Parameter | None, values: tuple[str, ...]
 ) -> tuple[str, ...]:
-    """``--status`` values, repeated or comma-separated, any case, checked against STATUSES."""
+    """``--status`` values, repeated or comma-separated, any case, checked against
+    FILTER_STATUSES."""
     found: list[str] = []
     for value in values:
         for part in value.split(","):
             status = part.strip().upper()
-            if status not in STATUSES:
+            if status not in FILTER_STATUSES:
                 raise click.BadParameter(
-                    f"{part.strip()!r} is not a status: use one or more of {', '.join(STATUSES)}",
+                    f"{part.strip()!r} is not a status: use one or more of "
+                    f"{', '.join(FILTER_STATUSES)}",
                     ctx,
                     param,
                 )
@@ -137,8 +144,8 @@ def filter_options(fn: F) -> F:
             "statuses",
             multiple=True,
             callback=parse_statuses,
-            help="QUEUED, RUNNING, WAITING, COMPLETED, FAILED or CANCELLED; repeat it or give "
-            "several separated by commas.",
+            help="QUEUED, DELAYED (queued, not due yet), RUNNING, WAITING, COMPLETED, FAILED "
+            "or CANCELLED; repeat it or give several separated by commas.",
         ),
     ]
     for option in options:

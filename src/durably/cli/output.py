@@ -71,6 +71,11 @@ def fmt_seconds(seconds: float | None) -> str:
     return f"{whole // 60}m{whole % 60:02d}s" if whole >= 60 else f"{whole}s"
 
 
+def fmt_due(seconds: float | None) -> str:
+    """When a delayed run is due, from now (``in 4m10s``); '-' for a run that is not delayed."""
+    return "-" if seconds is None else f"in {fmt_seconds(seconds)}"
+
+
 def fmt_count(count: int | None, cap: int) -> str:
     """A count that stopped at ``cap`` shows as ``cap+``."""
     if count is None:

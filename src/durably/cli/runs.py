@@ -9,12 +9,14 @@ from typing import Any
 import click
 
 from ..app import App
+from ..store import DELAYED
 from .common import database_options, friendly_errors, json_option, refuse, resolve_app
 from .filters import Moment, RunFilter, filter_options, run_filter
 from .output import (
     Column,
     ProgressDisplay,
     col,
+    fmt_due,
     fmt_seconds,
     fmt_time,
     plural,
@@ -47,6 +49,7 @@ RUN_COLUMNS = [
     col("status"),
     Column("ATTEMPTS", lambda r: str(r["attempt"]), right=True),
     Column("CREATED", lambda r: fmt_time(r["created_at"])),
+    Column("DUE", lambda r: fmt_due(r["due_in_s"])),
     Column("TOOK", lambda r: fmt_seconds(r["duration_s"]) if r["started_at"] else "-", True),
     Column("ERROR", _error, wrap=True),
 ]
@@ -186,7 +189,12 @@ def act(
 
 def _applicable(action: Action, chosen: RunFilter) -> tuple[str, ...]:
     """The statuses to act on: the ones asked for, all of which the action must apply to."""
-    wrong = [s for s in chosen.statuses if s not in action.statuses]
+    # DELAYED runs are QUEUED ones: cancel takes them, retry does not.
+    wrong = [
+        s
+        for s in chosen.statuses
+        if s not in action.statuses and not (s == DELAYED and "QUEUED" in action.statuses)
+    ]
     if wrong:
         raise click.BadParameter(
             f"{' and '.join(wrong)}: {action.name} applies only to {', '.join(action.statuses)} "

@@ -13,6 +13,7 @@ from .common import database_options, friendly_errors, json_option, refuse, reso
 from .output import (
     Column,
     col,
+    fmt_due,
     fmt_seconds,
     fmt_time,
     fmt_value,
@@ -170,14 +171,23 @@ def _waiting_for(run: dict[str, Any]) -> str | None:
     return " or ".join(waits) or "-"
 
 
+def _due(run: dict[str, Any]) -> str:
+    """When a QUEUED run is (or was) due, and how far from now that is (database clock)."""
+    when = fmt_time(run["run_at"], ms=True)
+    if run["due_in_s"] is not None:
+        return f"{when} (due {fmt_due(run['due_in_s'])})"
+    return f"{when} (due {fmt_seconds((run['db_now'] - run['run_at']).total_seconds())} ago)"
+
+
 def run_fields(run: dict[str, Any]) -> list[tuple[str, str]]:
     """The run's summary, one ``name: value`` line each."""
+    delayed = " (delayed)" if run["due_in_s"] is not None else ""
     fields = [
         ("id", str(run["id"])),
         ("task", run["task"]),
         ("durable", fmt_value(run["durable"])),
         ("queue", run["queue"]),
-        ("status", run["status"]),
+        ("status", run["status"] + delayed),
         ("priority", str(run["priority"])),
         ("attempts", str(run["attempt"])),
         ("failures", f"{run['failures']} (retries allowed: {run['max_retries']})"),
@@ -185,6 +195,8 @@ def run_fields(run: dict[str, Any]) -> list[tuple[str, str]]:
         ("worker", fmt_value(run["worker_id"])),
         ("idempotency_key", fmt_value(run["idempotency_key"])),
     ]
+    # Flow-control keys only when set: most runs have none, and "-" twice would be noise.
+    fields += [(k, run[k]) for k in ("concurrency_key", "fairness_key") if run[k] is not None]
     if run["parent_id"] is not None:
         fields.append(("parent", f"run {run['parent_id']} (its event {run['parent_seq']})"))
     waiting = _waiting_for(run)
@@ -193,6 +205,7 @@ def run_fields(run: dict[str, Any]) -> list[tuple[str, str]]:
     end = run["finished_at"] or (run["db_now"] if run["started_at"] else None)
     fields += [
         ("created_at", fmt_time(run["created_at"], ms=True)),
+        *([("run_at", _due(run))] if run["status"] == "QUEUED" else []),
         ("started_at", fmt_time(run["started_at"], ms=True)),
         ("finished_at", fmt_time(run["finished_at"], ms=True)),
         ("took", _took(run["started_at"], end)),

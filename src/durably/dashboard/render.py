@@ -10,10 +10,15 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from ..store import DELAYED
+
 STATUSES = ("QUEUED", "RUNNING", "WAITING", "COMPLETED", "FAILED", "CANCELLED")
+# The runs page's status filter: the statuses, and DELAYED, which is not one: a QUEUED run not
+# due yet (delay=, run_at=, a retry's backoff), as App.runs_page reads it.
+FILTER_STATUSES = ("QUEUED", DELAYED, *STATUSES[1:])
 ENDED = ("COMPLETED", "FAILED", "CANCELLED")
 # Past this, a value shown in full on a run's page is cut (payloads may be megabytes).
 SHOW_LIMIT = 64 * 1024
@@ -25,6 +30,14 @@ def fmt_time(value: datetime | None) -> str:
     if value is None:
         return "\u2014"
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def fmt_due(run_at: datetime, due_in_s: float) -> str:
+    """When a delayed run is due, short: "12:04:10 UTC" when that is today (UTC, on the
+    database clock, which ``due_in_s`` is measured on), else with its date."""
+    at = run_at.astimezone(UTC)
+    today = (run_at - timedelta(seconds=due_in_s)).astimezone(UTC).date()
+    return at.strftime("%H:%M:%S UTC" if at.date() == today else "%Y-%m-%d %H:%M:%S UTC")
 
 
 def fmt_duration(seconds: float | None) -> str:
@@ -220,9 +233,11 @@ def register(env: Any) -> None:
         arguments=call_arguments,
         call=call_preview,
         capped=fmt_count,
+        due=fmt_due,
     )
     env.globals.update(
         STATUSES=STATUSES,
+        FILTER_STATUSES=FILTER_STATUSES,
         ENDED=ENDED,
         between=between,
         preview=preview,

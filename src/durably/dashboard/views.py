@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from .render import ENDED, STATUSES, chart, nondeterminism
+from .render import ENDED, FILTER_STATUSES, chart, nondeterminism
 
 if TYPE_CHECKING:
     from .server import Dashboard
@@ -91,8 +91,8 @@ class RunQuery:
             before=_int_param(params, "before"),
             after=_int_param(params, "after"),
         )
-        if q.status and q.status not in STATUSES:
-            q.errors.append(f"status: {q.status[:20]!r} is not one of {', '.join(STATUSES)}")
+        if q.status and q.status not in FILTER_STATUSES:
+            q.errors.append(f"status: {q.status[:20]!r} is not one of {', '.join(FILTER_STATUSES)}")
             q.status = ""
         if q.window and q.window not in WINDOWS:
             q.errors.append(f"window: {q.window[:20]!r} is not one of {', '.join(WINDOWS)}")

@@ -2,15 +2,19 @@
 -- out by, and the starts that rate limits count.
 ALTER TABLE {schema}.runs
     ADD COLUMN concurrency_key text,   -- per-key concurrency (and ordering, and key rate limits)
-    ADD COLUMN fairness_key    text;   -- round-robin claims across keys (e.g. a tenant)
+    ADD COLUMN fairness_key    text,   -- round-robin claims across keys (e.g. a tenant)
+    -- Under flow control (its task or queue declares limits or keys): claimed by the
+    -- controlled claim, through the index below.
+    ADD COLUMN flow            boolean NOT NULL DEFAULT false;
 
--- Queued runs of keyed tasks by group (fairness key, concurrency key): the claim visits each
--- group's first runs, so a key with 100,000 queued runs costs it no more than a key with 10.
--- Only keyed runs enter it.
+-- Queued runs under flow control by task, queue and key group (fairness key, concurrency key;
+-- one group for runs without keys). The claim visits each group's first runs: a task with no
+-- queued runs costs one probe whatever else the queue holds, and a key with 100,000 queued
+-- runs costs no more than a key with 10. Runs not under flow control never enter it.
 CREATE INDEX runs_flow_groups ON {schema}.runs
     (task, queue, (coalesce(fairness_key, '') || E'\x1f' || coalesce(concurrency_key, '')),
      priority DESC, id)
-    WHERE status = 'QUEUED' AND (fairness_key IS NOT NULL OR concurrency_key IS NOT NULL);
+    WHERE status = 'QUEUED' AND flow;
 
 -- Runs that hold their concurrency key: executing, or suspended (a durable run keeps its key
 -- while it sleeps or waits, so "one at a time per customer" covers the whole workflow).
