@@ -33,9 +33,13 @@ def fill_queue(url: str, schema: str, task: str, count: int) -> None:
         for key in range(FLOW_KEYS):
             calls = [()] * (count // FLOW_KEYS + (key < count % FLOW_KEYS))
             bench.task(task).options(**{keyed[0]: f"k{key}"}).enqueue_many(calls)
-        return
-    for start in range(0, count, ENQUEUE_CHUNK):
-        bench.task(task).enqueue_many([()] * min(ENQUEUE_CHUNK, count - start))
+    else:
+        for start in range(0, count, ENQUEUE_CHUNK):
+            bench.task(task).enqueue_many([()] * min(ENQUEUE_CHUNK, count - start))
+    # Statistics, as autovacuum would have gathered them (this server runs with it off): the
+    # controlled claim's key-group scans need them to be planned on their index.
+    with connect(url) as conn:
+        conn.execute(f'ANALYZE "{schema}".runs')
 
 
 def _drained(conn: psycopg.Connection[Any], schema: str, count: int, worker: WorkerProcess) -> bool:
