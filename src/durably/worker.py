@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("durably.worker")
 
-_FLUSH_BATCH = 500  # keeps the 'done:' notification payload under Postgres's 8000-byte limit
+_FLUSH_BATCH = 500  # outcomes per statement: bounds its arrays and its transaction
 _DB_ERRORS = (psycopg.Error, DurablyError, OSError)
 
 

@@ -1,6 +1,9 @@
 -- Every statement durably runs, by name. `{schema}` is replaced by the quoted schema name;
 -- values are always bound parameters. Notifications carry identifiers only: 'q:<queue>' when
 -- runs became claimable, 'done:<id>,<id>' when runs ended, 'cancel:<id>' when a run was cancelled.
+-- Postgres refuses a payload of 8000 bytes or more, so every payload is bounded whatever the
+-- number of rows: 'done:' lists at most 300 ids (under 6100 bytes even with 19-digit ids; more
+-- ended runs make more notifications), and queue names and event keys are at most 1000 bytes.
 
 -- name: create_schema
 CREATE SCHEMA IF NOT EXISTS {schema};
@@ -387,9 +390,11 @@ WITH outcome AS (
     RETURNING p.id, p.queue
 )
 SELECT id, status,
-       (SELECT count(pg_notify(%(channel)s, 'done:' || ids))
-          FROM (SELECT string_agg(id::text, ',') AS ids FROM written
-                WHERE status <> 'QUEUED' HAVING count(*) > 0) d) AS notified,
+       (SELECT count(pg_notify(%(channel)s, 'done:' || d.ids))
+          FROM (SELECT string_agg(e.id::text, ',') AS ids
+                FROM (SELECT id, row_number() OVER (ORDER BY id) - 1 AS n FROM written
+                      WHERE status <> 'QUEUED') e
+                GROUP BY e.n / 300) d) AS notified,
        (SELECT count(pg_notify(%(channel)s, 'q:' || q.queue))
           FROM (SELECT DISTINCT queue FROM parents) q) AS woken
 FROM written;
@@ -465,12 +470,14 @@ RETURNING id;
 -- name: sweep_orphans
 -- Runs whose lease expired or whose worker died go back to the queue with a new attempt
 -- (the claim bumps it), up to max_recoveries; recovery does not consume the retry budget.
+-- At most `limit` runs per statement: the sweeper repeats it while batches come back full.
 WITH orphan AS (
     SELECT r.id FROM {schema}.runs r
     WHERE r.status = 'RUNNING'
       AND (r.lease_expires_at < now()
            OR NOT EXISTS (SELECT 1 FROM {schema}.workers w
                           WHERE w.id = r.worker_id AND w.stopped_at IS NULL))
+    LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ), recovered AS (
     UPDATE {schema}.runs r
@@ -490,32 +497,50 @@ WITH orphan AS (
 SELECT id, status,
        (SELECT count(pg_notify(%(channel)s, 'q:' || q.queue))
           FROM (SELECT DISTINCT queue FROM recovered WHERE status = 'QUEUED') q),
-       (SELECT count(pg_notify(%(channel)s, 'done:' || ids))
-          FROM (SELECT string_agg(id::text, ',') AS ids FROM recovered
-                WHERE status = 'FAILED' HAVING count(*) > 0) d)
+       (SELECT count(pg_notify(%(channel)s, 'done:' || d.ids))
+          FROM (SELECT string_agg(f.id::text, ',') AS ids
+                FROM (SELECT id, row_number() OVER (ORDER BY id) - 1 AS n FROM recovered
+                      WHERE status = 'FAILED') f
+                GROUP BY f.n / 300) d)
 FROM recovered;
 
--- name: sweep_flow
--- Rate-limit starts whose window ended no longer count; fairness keys not served for a day are
--- forgotten (one served again is simply served first once).
-WITH expired AS (
-    DELETE FROM {schema}.rate_starts WHERE expires_at <= now()
-)
-DELETE FROM {schema}.fair_turns WHERE served_at < now() - interval '1 day';
+-- name: sweep_rate_starts
+-- Rate-limit starts whose window ended no longer count; `limit` rows at a time. Rows are never
+-- updated, so their ctid is stable until deleted.
+DELETE FROM {schema}.rate_starts
+WHERE ctid = ANY(ARRAY(SELECT ctid FROM {schema}.rate_starts WHERE expires_at <= now()
+                       LIMIT %(limit)s));
+
+-- name: sweep_fair_turns
+-- Fairness keys not served for a day are forgotten (one served again is simply served first
+-- once); `limit` rows at a time.
+DELETE FROM {schema}.fair_turns t
+USING (SELECT task, key FROM {schema}.fair_turns
+       WHERE served_at < now() - interval '1 day' LIMIT %(limit)s) old
+WHERE t.task = old.task AND t.key = old.key AND t.served_at < now() - interval '1 day';
 
 -- name: sweep_schedule_timeouts
-WITH expired AS (
-    UPDATE {schema}.runs
+-- Queued runs past their schedule deadline fail; at most `limit` per statement, and rows a
+-- claim holds are skipped (the claim takes them or the next sweep fails them).
+WITH due AS (
+    SELECT id FROM {schema}.runs
+    WHERE status = 'QUEUED' AND schedule_deadline < now()
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), expired AS (
+    UPDATE {schema}.runs r
     SET status = 'FAILED', finished_at = now(),
         error = jsonb_build_object(
             'type', 'ScheduleTimeout',
             'message', 'no worker picked the run up before its schedule timeout',
             'traceback', NULL)
-    WHERE status = 'QUEUED' AND schedule_deadline < now()
-    RETURNING id
+    FROM due WHERE r.id = due.id
+    RETURNING r.id
 )
-SELECT id, (SELECT count(pg_notify(%(channel)s, 'done:' || ids))
-              FROM (SELECT string_agg(id::text, ',') AS ids FROM expired HAVING count(*) > 0) d)
+SELECT id, (SELECT count(pg_notify(%(channel)s, 'done:' || d.ids))
+              FROM (SELECT string_agg(e.id::text, ',') AS ids
+                    FROM (SELECT id, row_number() OVER (ORDER BY id) - 1 AS n FROM expired) e
+                    GROUP BY e.n / 300) d)
 FROM expired;
 
 -- name: cancel
@@ -682,11 +707,12 @@ RETURNING r.status;
 
 -- name: sweep_wake_ready
 -- Backstop for wake-ups that raced with a suspension: WAITING runs whose child ended or whose
--- event arrived go back to the queue. (Timers are woken by the claim itself.)
-WITH woken AS (
-    UPDATE {schema}.runs r
-    SET status = 'QUEUED', run_at = now(), wake_at = NULL, wait_children = NULL, wait_event = NULL
+-- event arrived go back to the queue, at most `limit` per statement. (Timers are woken by the
+-- claim itself.)
+WITH ready AS (
+    SELECT r.id FROM {schema}.runs r
     WHERE r.status = 'WAITING'
+      AND (r.wait_children IS NOT NULL OR r.wait_event IS NOT NULL)
       AND (EXISTS (SELECT 1 FROM {schema}.runs c WHERE c.id = ANY(r.wait_children)
                    AND c.status IN ('COMPLETED', 'FAILED', 'CANCELLED'))
            OR (r.wait_event IS NOT NULL AND EXISTS (
@@ -694,6 +720,12 @@ WITH woken AS (
                WHERE e.key = r.wait_event AND e.created_at >= r.created_at
                  AND NOT EXISTS (SELECT 1 FROM {schema}.event_log l
                                  WHERE l.run_id = r.id AND l.event_id = e.id))))
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), woken AS (
+    UPDATE {schema}.runs r
+    SET status = 'QUEUED', run_at = now(), wake_at = NULL, wait_children = NULL, wait_event = NULL
+    FROM ready WHERE r.id = ready.id
     RETURNING r.id, r.queue
 )
 SELECT id, (SELECT count(pg_notify(%(channel)s, 'q:' || q.queue))

@@ -1,0 +1,173 @@
+"""The sweeper at volume: thousands of rows due in one sweep, a part that fails, long histories.
+
+Each sweeper statement must finish whatever the number of due rows (notification payloads stay
+under Postgres's 8000-byte limit, batches stay short), one failing part must not stop the
+others, and each must cost in proportion to the work due, not to the history of the tables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+import durably
+from durably.store import Store
+from tests.apps import queue_app
+from tests.helpers import WorkerProcess, wait_until
+
+
+@pytest.fixture
+def qapp(database_url: str, schema: str, db: psycopg.Connection[Any]) -> durably.App:
+    """The client side of tests/apps/queue_app.py, on this test's schema."""
+    app = durably.App(database_url, schema=schema)
+    for task in queue_app.app.registry.values():
+        app.task(name=task.name, retries=task.retries)(task.fn)
+    app.migrate()
+    queue_app.create_effects(db, schema)
+    return app
+
+
+@pytest.fixture
+def store(qapp: durably.App) -> Iterator[Store]:
+    """A store of its own, on its own event loop, for calling the sweeper directly."""
+    loop = asyncio.new_event_loop()
+    opened = loop.run_until_complete(Store.open(qapp.url, qapp.schema))
+    opened.loop = loop  # type: ignore[attr-defined]
+    yield opened
+    loop.run_until_complete(opened.close())
+    loop.close()
+
+
+def sweep(store: Store) -> tuple[int, int, int] | None:
+    return store.loop.run_until_complete(store.sweep(dead_after=15.0))  # type: ignore[attr-defined,no-any-return]
+
+
+def statuses(db: psycopg.Connection[Any], schema: str, where: str = "true") -> Counter[str]:
+    rows = db.execute(f'SELECT status, count(*) FROM "{schema}".runs WHERE {where} GROUP BY 1')
+    return Counter({status: n for status, n in rows.fetchall()})
+
+
+def dead_worker(db: psycopg.Connection[Any], schema: str) -> str:
+    """A worker row that looks alive by its heartbeat but whose session holds no lock: a worker
+    killed a moment ago."""
+    worker_id = str(uuid.uuid4())
+    db.execute(
+        f'INSERT INTO "{schema}".workers (id, lock_id, hostname, pid, queues, tasks, slots)'
+        " VALUES (%s, 999999, 'gone', 1, '{default}', '{noop}', 1)",
+        (worker_id,),
+    )
+    return worker_id
+
+
+def test_20000_schedule_timeouts_in_one_sweep_and_recovery_meanwhile(
+    qapp: durably.App, database_url: str, schema: str, db: psycopg.Connection[Any]
+) -> None:
+    n = 20_000
+    late = qapp.task(name="late", queue="nobody", schedule_timeout=1)(queue_app.noop.fn)
+    late.enqueue_many([() for _ in range(n)])
+    held = qapp.registry["started_then_sleep"].enqueue("held", 600.0)
+    with WorkerProcess(database_url, schema, "queue_app", "--slots", "1") as doomed:
+        wait_until(lambda: statuses(db, schema, f"id = {held.id}")["RUNNING"], what="held run")
+        doomed.kill()
+    # Every run of `late` is past its deadline now; a worker serving another queue sweeps.
+    with qapp.worker(queues=["elsewhere"], slots=1):
+        wait_until(
+            lambda: statuses(db, schema, "task = 'late'")["FAILED"] == n,
+            timeout=30,
+            what="every late run failed by its schedule timeout",
+        )
+        row = wait_until(
+            lambda: db.execute(
+                f'SELECT status, recoveries FROM "{schema}".runs WHERE id = %s AND recoveries = 1',
+                (held.id,),
+            ).fetchone(),
+            timeout=10,
+            what="the killed worker's run recovered",
+        )
+    assert row == ("QUEUED", 1)
+    errors = db.execute(
+        f"SELECT DISTINCT error->>'type' FROM \"{schema}\".runs WHERE task = 'late'"
+    ).fetchall()
+    assert errors == [("ScheduleTimeout",)]
+
+
+def test_20000_orphans_of_a_killed_worker_are_all_recovered(
+    qapp: durably.App, store: Store, schema: str, db: psycopg.Connection[Any]
+) -> None:
+    n = 20_000
+    worker_id = dead_worker(db, schema)
+    # Half can be recovered, half have used up max_recoveries and must fail.
+    db.execute(
+        f'INSERT INTO "{schema}".runs (task, args, status, worker_id, attempt, recoveries,'
+        " max_recoveries, lease_expires_at)"
+        " SELECT 'noop', '[]', 'RUNNING', %s, 1, (i %% 2) * 3, 3, now() + interval '1 hour'"
+        " FROM generate_series(1, %s) i",
+        (worker_id, n),
+    )
+    recovered = 0
+    for _ in range(n // 1000 + 5):  # each sweep may stop early and leave the rest for the next
+        swept = sweep(store)
+        assert swept is not None
+        recovered += swept[0]
+        if recovered == n:
+            break
+    assert recovered == n
+    assert statuses(db, schema) == Counter({"QUEUED": n // 2, "FAILED": n // 2})
+    lost = db.execute(
+        f"SELECT count(*) FROM \"{schema}\".runs WHERE error->>'type' = 'WorkerLost'"
+        " AND recoveries = 4 AND finished_at IS NOT NULL"
+    ).fetchone()
+    assert lost == (n // 2,)
+
+
+def test_a_failing_sweep_part_does_not_stop_the_others(
+    qapp: durably.App,
+    store: Store,
+    schema: str,
+    db: psycopg.Connection[Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    s = f'"{schema}"'
+    # Schedule timeouts cannot be written until the trigger is dropped.
+    db.execute(
+        f"CREATE FUNCTION {s}.refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+        " RAISE EXCEPTION 'refused by the test'; END $$"
+    )
+    db.execute(
+        f"CREATE TRIGGER refuse BEFORE UPDATE ON {s}.runs FOR EACH ROW"
+        f" WHEN (NEW.error->>'type' = 'ScheduleTimeout') EXECUTE FUNCTION {s}.refuse()"
+    )
+    worker_id = dead_worker(db, schema)
+    ids = [
+        r[0]
+        for r in db.execute(
+            f"INSERT INTO {s}.runs (task, args, status, worker_id, attempt, schedule_deadline,"
+            " wait_event, durable) VALUES"
+            " ('noop', '[]', 'QUEUED', NULL, 0, now() - interval '1 s', NULL, false),"
+            " ('noop', '[]', 'RUNNING', %s, 1, NULL, NULL, false),"
+            " ('noop', '[]', 'WAITING', NULL, 1, NULL, 'ready', true)"
+            " RETURNING id",
+            (worker_id,),
+        ).fetchall()
+    ]
+    db.execute(f"INSERT INTO {s}.events (key, payload) VALUES ('ready', '1')")
+    with caplog.at_level(logging.WARNING):
+        assert sweep(store) == (1, 0, 1)
+        assert sweep(store) == (0, 0, 0)
+    warnings = [r.getMessage() for r in caplog.records if "refused by the test" in r.getMessage()]
+    assert len(warnings) == 1, "a part failing the same way again is logged once"
+    assert "schedule" in warnings[0]
+    rows = dict(db.execute(f"SELECT id, status FROM {s}.runs").fetchall())
+    assert [rows[i] for i in ids] == ["QUEUED", "QUEUED", "QUEUED"]
+    db.execute(f"DROP TRIGGER refuse ON {s}.runs")
+    assert sweep(store) == (0, 1, 0)
+    assert db.execute(f"SELECT status FROM {s}.runs WHERE id = %s", (ids[0],)).fetchone() == (
+        "FAILED",
+    )
