@@ -8,6 +8,7 @@ others, and each must cost in proportion to the work due, not to the history of 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from collections import Counter
@@ -171,3 +172,38 @@ def test_a_failing_sweep_part_does_not_stop_the_others(
     assert db.execute(f"SELECT status FROM {s}.runs WHERE id = %s", (ids[0],)).fetchone() == (
         "FAILED",
     )
+
+
+def rows_read(plan: dict[str, Any]) -> int:
+    """Rows every node of an EXPLAIN ANALYZE plan read, kept or filtered out, over all its
+    loops."""
+    kept = plan.get("Actual Rows", 0)
+    dropped = plan.get("Rows Removed by Filter", 0) + plan.get("Rows Removed by Index Recheck", 0)
+    own = int((kept + dropped) * plan.get("Actual Loops", 1))
+    return own + sum(rows_read(child) for child in plan.get("Plans", []))
+
+
+def test_sweep_cost_does_not_grow_with_event_history(
+    qapp: durably.App, store: Store, schema: str, db: psycopg.Connection[Any]
+) -> None:
+    s = f'"{schema}"'
+    db.execute(
+        f"INSERT INTO {s}.events (key, payload, created_at)"
+        " SELECT 'reused', to_jsonb(i), now() - interval '1 day' FROM generate_series(1, 300000) i"
+    )
+    db.execute(
+        f"INSERT INTO {s}.runs (task, args, status, attempt, wait_event, durable)"
+        " SELECT 'noop', '[]', 'WAITING', 1, 'reused', true FROM generate_series(1, 50)"
+    )
+    db.execute(f"ANALYZE {s}.events")
+    db.execute(f"ANALYZE {s}.runs")
+    plan_sql = "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) " + store.sql("sweep_wake_ready")
+    params = {"channel": store.channel, "limit": 1000}
+    with db.transaction(force_rollback=True):
+        [[explained]] = db.execute(plan_sql, params).fetchall()
+    plan = (json.loads(explained) if isinstance(explained, str) else explained)[0]["Plan"]
+    assert rows_read(plan) < 5_000, f"the sweep read {rows_read(plan)} rows"
+    assert plan["Shared Hit Blocks"] + plan["Shared Read Blocks"] < 2_000
+    # One new event wakes them all: the old ones are skipped, not lost.
+    db.execute(f"INSERT INTO {s}.events (key, payload) VALUES ('reused', '1')")
+    assert sweep(store) == (0, 0, 50)

@@ -652,18 +652,22 @@ RETURNING l.seq;
 
 -- name: log_take_event
 -- The first event with this key pushed since the run was created and not taken by an earlier
--- wait of this run, recorded in the waiting entry in the same statement, fenced.
+-- wait of this run (in push order: transaction time, then id), recorded in the waiting entry in
+-- the same statement, fenced.
 WITH held AS (
     SELECT id, created_at FROM {schema}.runs
     WHERE id = %(run_id)s AND attempt = %(attempt)s AND worker_id = %(worker_id)s
       AND status = 'RUNNING'
     FOR SHARE
 ), ev AS (
-    SELECT e.id, e.payload FROM {schema}.events e, held
-    WHERE e.key = %(key)s AND e.created_at >= held.created_at
+    -- In push order (events_key_created): the scan starts at the run's creation, so the key's
+    -- older history is never read, and stops at the first event not taken yet.
+    -- The creation time is a scalar subquery, not a join, so it bounds the index scan itself.
+    SELECT e.id, e.payload FROM {schema}.events e
+    WHERE e.key = %(key)s AND e.created_at >= (SELECT created_at FROM held)
       AND NOT EXISTS (SELECT 1 FROM {schema}.event_log l
-                      WHERE l.run_id = held.id AND l.event_id = e.id)
-    ORDER BY e.id
+                      WHERE l.run_id = %(run_id)s AND l.event_id = e.id)
+    ORDER BY e.created_at, e.id
     LIMIT 1
 )
 UPDATE {schema}.event_log l
@@ -695,11 +699,17 @@ FROM (SELECT
         COALESCE(%(wake_in)s <= 0, false)
         OR EXISTS (SELECT 1 FROM {schema}.runs c WHERE c.id = ANY(%(children)s::bigint[])
                    AND c.status IN ('COMPLETED', 'FAILED', 'CANCELLED'))
-        OR EXISTS (SELECT 1 FROM {schema}.events e, {schema}.runs me
-                   WHERE me.id = %(run_id)s AND e.key = %(event)s
-                     AND e.created_at >= me.created_at
-                     AND NOT EXISTS (SELECT 1 FROM {schema}.event_log l
-                                     WHERE l.run_id = me.id AND l.event_id = e.id)) AS yes
+        -- The first event not taken yet, read from the run's creation on (see log_take_event);
+        -- in a subquery with its own LIMIT so EXISTS keeps the ordered index scan.
+        OR EXISTS (SELECT 1 FROM (
+                       SELECT e.id FROM {schema}.events e
+                       WHERE e.key = %(event)s
+                         AND e.created_at >= (SELECT created_at FROM {schema}.runs
+                                              WHERE id = %(run_id)s)
+                         AND NOT EXISTS (SELECT 1 FROM {schema}.event_log l
+                                         WHERE l.run_id = %(run_id)s AND l.event_id = e.id)
+                       ORDER BY e.created_at, e.id
+                       LIMIT 1) first_event) AS yes
      ) ready
 WHERE r.id = %(run_id)s AND r.attempt = %(attempt)s AND r.worker_id = %(worker_id)s
   AND r.status = 'RUNNING'
@@ -708,18 +718,22 @@ RETURNING r.status;
 -- name: sweep_wake_ready
 -- Backstop for wake-ups that raced with a suspension: WAITING runs whose child ended or whose
 -- event arrived go back to the queue, at most `limit` per statement. (Timers are woken by the
--- claim itself.)
+-- claim itself.) Events are read from the run's creation on (events_key_created), so a key's
+-- history costs nothing; the inner LIMIT keeps that ordered index scan (under a bare EXISTS the
+-- planner may pick a sequential scan of all events, thinking the first row comes early).
 WITH ready AS (
     SELECT r.id FROM {schema}.runs r
     WHERE r.status = 'WAITING'
       AND (r.wait_children IS NOT NULL OR r.wait_event IS NOT NULL)
       AND (EXISTS (SELECT 1 FROM {schema}.runs c WHERE c.id = ANY(r.wait_children)
                    AND c.status IN ('COMPLETED', 'FAILED', 'CANCELLED'))
-           OR (r.wait_event IS NOT NULL AND EXISTS (
-               SELECT 1 FROM {schema}.events e
+           OR (r.wait_event IS NOT NULL AND EXISTS (SELECT 1 FROM (
+               SELECT e.id FROM {schema}.events e
                WHERE e.key = r.wait_event AND e.created_at >= r.created_at
                  AND NOT EXISTS (SELECT 1 FROM {schema}.event_log l
-                                 WHERE l.run_id = r.id AND l.event_id = e.id))))
+                                 WHERE l.run_id = r.id AND l.event_id = e.id)
+               ORDER BY e.created_at, e.id
+               LIMIT 1) first_event)))
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ), woken AS (
