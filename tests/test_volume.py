@@ -19,7 +19,7 @@ import psycopg
 import pytest
 
 import durably
-from durably.store import Store
+from durably.store import Outcome, Store
 from tests.apps import queue_app
 from tests.helpers import WorkerProcess, wait_until
 
@@ -172,6 +172,28 @@ def test_a_failing_sweep_part_does_not_stop_the_others(
     assert db.execute(f"SELECT status FROM {s}.runs WHERE id = %s", (ids[0],)).fetchone() == (
         "FAILED",
     )
+
+
+def test_finish_announces_500_runs_with_19_digit_ids_in_bounded_payloads(
+    qapp: durably.App, store: Store, schema: str, database_url: str, db: psycopg.Connection[Any]
+) -> None:
+    worker_id = str(uuid.uuid4())
+    ids = [10**18 + i for i in range(500)]
+    db.execute(
+        f'INSERT INTO "{schema}".runs (id, task, args, status, worker_id, attempt)'
+        " OVERRIDING SYSTEM VALUE"
+        " SELECT i, 'noop', '[]', 'RUNNING', %s, 1 FROM unnest(%s::bigint[]) i",
+        (worker_id, ids),
+    )
+    with psycopg.connect(database_url, autocommit=True) as listener:
+        listener.execute(f'LISTEN "{store.channel}"')
+        outcomes = [Outcome(i, 1, "ok", result="null") for i in ids]
+        written = store.loop.run_until_complete(store.finish(worker_id, outcomes))  # type: ignore[attr-defined]
+        payloads = [n.payload for n in listener.notifies(timeout=2.0)]
+    assert len(written) == 500
+    assert all(len(p.encode()) < 8000 for p in payloads)
+    announced = {int(i) for p in payloads if p.startswith("done:") for i in p[5:].split(",")}
+    assert announced == set(ids)
 
 
 def rows_read(plan: dict[str, Any]) -> int:
