@@ -13,7 +13,7 @@ from . import failpoints, telemetry
 from .context import DurableContext, Entry, Suspend, SyncDurableContext
 from .errors import LeaseLost, NonDeterminismError
 from .serde import dumps
-from .store import NewRun, is_transient
+from .store import NewRun, UserCodeFailed, is_transient
 
 if TYPE_CHECKING:
     from .tasks import Task
@@ -39,6 +39,13 @@ class DurableRun:
         self.lost = False
         # The connection error that cut this attempt off from the database, if any.
         self.interrupted: BaseException | None = None
+        # Open ctx.transactions hold the run's row lock: they take turns (see log_hold), and
+        # the attempt's suspension and outcome, which would wait for that lock on one of the
+        # engine's connections, are written only once none is open.
+        self._transaction_turn = asyncio.Lock()
+        self._open_transactions = 0
+        self._no_transaction = asyncio.Event()
+        self._no_transaction.set()
 
     @property
     def abandoned(self) -> bool:
@@ -53,13 +60,19 @@ class DurableRun:
         if has_log:
             self.log = {e.seq: e for e in await self._db(self.store.load_log(self.run_id))}
         ctx = DurableContext(self)
-        if self.task.is_async:
-            value = await self.task.fn(ctx, *args, **kwargs)
-        else:
-            loop = asyncio.get_running_loop()
-            sync_ctx = SyncDurableContext(ctx, loop)
-            call = functools.partial(self.task.fn, sync_ctx, *args, **kwargs)
-            value = await loop.run_in_executor(self.worker.threads, call)
+        try:
+            if self.task.is_async:
+                value = await self.task.fn(ctx, *args, **kwargs)
+            else:
+                loop = asyncio.get_running_loop()
+                sync_ctx = SyncDurableContext(ctx, loop)
+                call = functools.partial(self.task.fn, sync_ctx, *args, **kwargs)
+                value = await loop.run_in_executor(self.worker.threads, call)
+        finally:
+            # A transaction the function left running (gathered beside an operation that
+            # raised, or a sync one past the task's timeout) ends before the outcome is written.
+            if not self.ex.abandoned:
+                await self._no_transaction.wait()
         if self.nondeterminism is not None:  # raised into user code, which may have caught it
             raise self.nondeterminism
         if self.lost:
@@ -216,15 +229,34 @@ class DurableRun:
             "error": None,
             "sleep": None,
             "done": True,
+            "lease": self.worker.lease,
         }
-        if asyncio.iscoroutinefunction(fn):
-            held, value = await self._db(self.store.in_transaction(params, fn, args, dumps))
+        self._open_transactions += 1
+        self._no_transaction.clear()
+        try:
+            async with self._transaction_turn:
+                held, value = await self._db(self._in_transaction(params, fn, args))
+        except UserCodeFailed as failure:
+            error: Exception | None = failure.error
         else:
-            run = self.store.in_transaction_sync
-            held, value = await self._db(asyncio.to_thread(run, params, fn, args, dumps))
+            error = None
+        finally:
+            self._open_transactions -= 1
+            if not self._open_transactions:
+                self._no_transaction.set()
+        if error is not None:
+            raise error  # the function's own exception, as it raised it: the workflow's to handle
         self._check(held)
         telemetry.event("transaction", seq=seq, name=name)
         return value
+
+    async def _in_transaction(
+        self, params: dict[str, Any], fn: Callable[..., Any], args: tuple[Any, ...]
+    ) -> tuple[bool, Any]:
+        if asyncio.iscoroutinefunction(fn):
+            return await self.store.in_transaction(params, fn, args, dumps)
+        run = self.store.in_transaction_sync
+        return await asyncio.to_thread(run, params, fn, args, dumps)
 
     # -- waits ---------------------------------------------------------------------------------
 

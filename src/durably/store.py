@@ -10,6 +10,7 @@ costs one round trip; statements that must commit together run in an explicit tr
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -23,6 +24,7 @@ from typing import Any
 import psycopg
 import psycopg.errors
 from psycopg import conninfo
+from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
@@ -181,6 +183,11 @@ def is_transient(exc: BaseException) -> bool:
     return False
 
 
+def _pool_kwargs() -> dict[str, Any]:
+    # Named after the process, so pg_stat_activity (and an audit) can tell who wrote what.
+    return {"autocommit": True, "application_name": f"durably pid {os.getpid()}"}
+
+
 async def connect(url: str, **kwargs: Any) -> psycopg.AsyncConnection[Any]:
     """Open one autocommit connection, turning psycopg's failure into one readable line."""
     _check_url(url)
@@ -196,13 +203,56 @@ async def connect(url: str, **kwargs: Any) -> psycopg.AsyncConnection[Any]:
         ) from None
 
 
+class UserCodeFailed(Exception):
+    """The exception ``error`` that the function of a ``ctx.transaction`` raised, carried past
+    the engine's handling of its own connection errors, which must not take it for one of them:
+    an ``OSError`` of the user's (a refused connection to some gateway) is the workflow's to see.
+    """
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(first_line(error))
+        self.error = error
+
+
+def _blame(
+    conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], exc: Exception
+) -> Exception:
+    """Whose is an exception of the function of a ``ctx.transaction``? The engine's when the
+    connection it handed over was lost (``conn.broken``), or when a statement on it failed
+    for a reason of the server's state (a full disk, a shutdown: the transaction is aborted and
+    the engine cannot record anything either); then the run is handed back to resume later, as
+    for any of the engine's statements. Anything else is the user's: returned wrapped in
+    :class:`UserCodeFailed`, for the workflow to see as it was raised."""
+    if conn.broken:
+        return DatabaseUnavailable(
+            f"the connection of ctx.transaction was lost ({first_line(exc)}); the run resumes "
+            "from its log when the database is back"
+        )
+    aborted = conn.info.transaction_status == TransactionStatus.INERROR
+    if aborted and isinstance(exc, psycopg.Error) and is_transient(exc):
+        return exc
+    return UserCodeFailed(exc)
+
+
 class Store:
     """All database access of one App (or worker) on one event loop."""
 
-    def __init__(self, url: str, schema: str, pool: AsyncConnectionPool[Any]) -> None:
+    def __init__(
+        self,
+        url: str,
+        schema: str,
+        pool: AsyncConnectionPool[Any],
+        transaction_max_size: int = 10,
+    ) -> None:
         self.url = url
         self.schema = check_schema_name(schema)
         self.pool = pool
+        # ctx.transaction runs user code inside a transaction, for as long as that code takes:
+        # on connections of its own (opened on first use), so user code never holds one of the
+        # engine's, whose statements (heartbeat, sweep, claim, outcomes) must not wait for it.
+        self.transaction_max_size = transaction_max_size
+        self._transaction_pool: AsyncConnectionPool[Any] | None = None
+        self._transaction_pool_lock = asyncio.Lock()
         # Advisory lock namespace and notification channel, both derived from the schema so that
         # two apps in one database never see each other's locks or notifications.
         self.namespace = zlib.crc32(schema.encode()) & 0x7FFFFFFF
@@ -231,22 +281,40 @@ class Store:
         self._sql["finish_one"] = finish.replace("{outcomes}", self._sql["finish_outcomes_one"])
 
     @classmethod
-    async def open(cls, url: str, schema: str, max_size: int = 10) -> Store:
-        """Check the server is reachable, then open a pool of autocommit connections."""
+    async def open(
+        cls, url: str, schema: str, max_size: int = 10, transaction_max_size: int = 10
+    ) -> Store:
+        """Check the server is reachable, then open a pool of autocommit connections.
+        ``transaction_max_size`` caps the separate pool of ``ctx.transaction`` (opened lazily)."""
         check_schema_name(schema)
         probe = await connect(url)
         await probe.close()
-        # Named after the process, so pg_stat_activity (and an audit) can tell who wrote what.
-        kwargs = {"autocommit": True, "application_name": f"durably pid {os.getpid()}"}
         pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-            url, min_size=1, max_size=max_size, kwargs=kwargs, open=False
+            url, min_size=1, max_size=max_size, kwargs=_pool_kwargs(), open=False
         )
         await pool.open(wait=True, timeout=10)
-        return cls(url, schema, pool)
+        return cls(url, schema, pool, transaction_max_size)
 
     async def close(self) -> None:
         """Close every pooled connection."""
         await self.pool.close()
+        if self._transaction_pool is not None:
+            await self._transaction_pool.close()
+
+    async def _transactions(self) -> AsyncConnectionPool[Any]:
+        """The pool of ``ctx.transaction``, opened on first use: most apps never need it."""
+        async with self._transaction_pool_lock:
+            if self._transaction_pool is None:
+                pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+                    self.url,
+                    min_size=0,
+                    max_size=self.transaction_max_size,
+                    kwargs=_pool_kwargs(),
+                    open=False,
+                )
+                await pool.open()
+                self._transaction_pool = pool
+            return self._transaction_pool
 
     def sql(self, name: str) -> str:
         """The text of a named statement, with the schema filled in."""
@@ -681,13 +749,24 @@ class Store:
         args: tuple[Any, ...],
         encode: Callable[[Any], str],
     ) -> tuple[bool, Any]:
-        """``await fn(conn, *args)`` and record its result in one transaction (fenced)."""
-        async with self.pool.connection() as conn, conn.transaction():
+        """``await fn(conn, *args)`` and record its result in one transaction (fenced), on a
+        connection of the transaction pool. An exception of ``fn`` rolls the transaction back
+        and comes out as :class:`UserCodeFailed` unless it is the database's (see
+        :func:`_blame`)."""
+        pool = await self._transactions()
+        async with pool.connection() as conn, conn.transaction():
             cur = await self.execute(conn, "log_hold", params)
             if await cur.fetchone() is None:
                 return False, None
-            value = await fn(conn, *args)
+            try:
+                value = await fn(conn, *args)
+            except Exception as exc:
+                problem = _blame(conn, exc)
+                if problem is exc:
+                    raise
+                raise problem from exc
             await self.execute(conn, "log_append", {**params, "result": encode(value)})
+            await self.execute(conn, "log_hold_renew", params)
             return True, value
 
     def in_transaction_sync(
@@ -698,11 +777,21 @@ class Store:
         encode: Callable[[Any], str],
     ) -> tuple[bool, Any]:
         """:meth:`in_transaction` for a sync ``fn``, on a sync connection of its own."""
-        with psycopg.connect(self.url, autocommit=True) as conn, conn.transaction():
+        with (
+            psycopg.connect(self.url, connect_timeout=10, **_pool_kwargs()) as conn,
+            conn.transaction(),
+        ):
             if conn.execute(self._sql["log_hold"], params).fetchone() is None:
                 return False, None
-            value = fn(conn, *args)
+            try:
+                value = fn(conn, *args)
+            except Exception as exc:
+                problem = _blame(conn, exc)
+                if problem is exc:
+                    raise
+                raise problem from exc
             conn.execute(self._sql["log_append"], {**params, "result": encode(value)})
+            conn.execute(self._sql["log_hold_renew"], params)
             return True, value
 
     async def push_event(self, key: str, payload: str) -> int:

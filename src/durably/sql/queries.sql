@@ -430,15 +430,28 @@ SELECT pg_advisory_lock(%(namespace)s, %(lock_id)s);
 UPDATE {schema}.workers SET stopped_at = now() WHERE id = %(worker_id)s;
 
 -- name: heartbeat
--- Extends the leases of the runs this worker is executing (or has yet to record) and returns
--- those it still holds; a run missing from the answer was taken away (recovered, cancelled) and
--- its execution must be abandoned. Runs it no longer works on are left to expire.
+-- Marks the worker alive, extends the leases of the runs it is executing (or has yet to record)
+-- and returns those it still holds; a run missing from the answer was taken away (recovered,
+-- cancelled) and its execution must be abandoned. Runs it no longer works on are left to expire.
+-- It never waits for a row lock, which user code may hold for as long as it likes (the run
+-- of a ctx.transaction, see log_hold): a run whose row is locked keeps its lease as it is this
+-- time, and is reported held all the same, from the plain read `mine`, which waits for nothing.
+-- A ctx.transaction renews its run's lease itself before it commits (log_hold_renew); the
+-- sweeper skips locked rows as well, so the run is not recovered meanwhile.
 WITH beat AS (
     UPDATE {schema}.workers SET heartbeat_at = now(), stopped_at = NULL WHERE id = %(worker_id)s
+), mine AS (
+    SELECT id, attempt FROM {schema}.runs
+    WHERE worker_id = %(worker_id)s AND status = 'RUNNING' AND id = ANY(%(ids)s::bigint[])
+), free AS (
+    SELECT r.id FROM {schema}.runs r JOIN mine USING (id)
+    WHERE r.worker_id = %(worker_id)s AND r.status = 'RUNNING'
+    FOR NO KEY UPDATE OF r SKIP LOCKED
+), extended AS (
+    UPDATE {schema}.runs r SET lease_expires_at = now() + make_interval(secs => %(lease)s)
+    FROM free WHERE r.id = free.id
 )
-UPDATE {schema}.runs SET lease_expires_at = now() + make_interval(secs => %(lease)s)
-WHERE worker_id = %(worker_id)s AND status = 'RUNNING' AND id = ANY(%(ids)s::bigint[])
-RETURNING id, attempt;
+SELECT id, attempt FROM mine;
 
 -- name: release
 -- Graceful shutdown: hand unfinished runs back at once, without counting a failure or recovery.
@@ -677,11 +690,26 @@ WHERE l.run_id = held.id AND l.seq = %(seq)s AND NOT l.done
 RETURNING ev.id, ev.payload;
 
 -- name: log_hold
--- Inside ctx.transaction: lock the run row for the rest of the caller's transaction, fenced.
+-- Inside ctx.transaction: lock the run row for the rest of the caller's transaction, fenced, so
+-- no recovery, cancellation or outcome can slip in while user code runs. FOR SHARE, like the
+-- fence of log_append: the run's own appends (of operations run beside the transaction, or
+-- inside its function) do not wait for it. Two transactions of one run would each hold it and
+-- wait for the other to upgrade it in log_hold_renew, so a run's transactions take turns
+-- (DurableRun.transaction).
 SELECT id FROM {schema}.runs
 WHERE id = %(run_id)s AND attempt = %(attempt)s AND worker_id = %(worker_id)s
   AND status = 'RUNNING'
 FOR SHARE;
+
+-- name: log_hold_renew
+-- The last statement of a ctx.transaction: the heartbeat skipped the run while user code held
+-- its row, so its lease may have run out; renewed before the commit releases the row, so no
+-- sweep can take the run before the next heartbeat. clock_timestamp(): now() is when the
+-- transaction began, possibly long ago.
+UPDATE {schema}.runs SET lease_expires_at = clock_timestamp() + make_interval(secs => %(lease)s)
+WHERE id = %(run_id)s AND attempt = %(attempt)s AND worker_id = %(worker_id)s
+  AND status = 'RUNNING'
+RETURNING id;
 
 -- name: children_status
 SELECT id, status, result, error FROM {schema}.runs WHERE id = ANY(%(ids)s::bigint[]);
