@@ -14,13 +14,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .serde import check_text
+from .serde import Signature, check_text
 
 if TYPE_CHECKING:
     from .tasks import Task
 
 # A key is a function of the call's arguments, or True: the key is given per call (options()).
 KeySource = Callable[..., str | None] | bool | None
+# A task call as its key functions see it: the task function's signature and the arguments.
+Call = tuple[Signature, tuple[Any, ...], dict[str, Any]]
 
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)?\s*([a-z]+)\s*$")
 _UNITS = {
@@ -121,25 +123,17 @@ class TaskFlow:
         """Claims of its runs go through flow control."""
         return self.keyed or self.concurrency is not None or self.rate is not None
 
-    def keys(
-        self, task: str, args: tuple[Any, ...], kwargs: dict[str, Any], given: tuple[Any, Any]
-    ) -> tuple[str | None, str | None]:
+    def keys(self, task: str, call: Call, given: tuple[Any, Any]) -> tuple[str | None, str | None]:
         """A run's (concurrency key, fairness key): given per call, else computed from its
-        arguments. A keyed task's run without a key stores '' (no per-key limit; one turn)."""
+        arguments (``call``: the task function's signature and the call's arguments). A keyed
+        task's run without a key stores '' (no per-key limit; one turn)."""
         return (
-            _key(self.concurrency_key, given[0], "concurrency_key", task, args, kwargs),
-            _key(self.fairness_key, given[1], "fairness_key", task, args, kwargs),
+            _key(self.concurrency_key, given[0], "concurrency_key", task, call),
+            _key(self.fairness_key, given[1], "fairness_key", task, call),
         )
 
 
-def _key(
-    source: KeySource,
-    given: Any,
-    what: str,
-    task: str,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> str | None:
+def _key(source: KeySource, given: Any, what: str, task: str, call: Call) -> str | None:
     if source is None:
         if given is not None:
             raise ValueError(
@@ -149,15 +143,48 @@ def _key(
         return None
     key = given
     if key is None and callable(source):
+        positional, named = by_name(*call)
         try:
-            key = source(*args, **kwargs)
+            key = source(*positional, **named)
         except Exception as exc:
-            raise ValueError(f"{task}: its {what} function raised {exc!r}") from None
+            first = next(iter(named), "arg")
+            reason = (str(exc).splitlines() or [""])[0]
+            raise ValueError(
+                f"{task}: its {what} function raised {type(exc).__name__}: {reason}; it is "
+                "called with the task's arguments by "
+                f"name ({', '.join(named) or 'none'}): write e.g. "
+                f"{what}=lambda {first}, **_: {first}"
+            ) from None
     if key is None:
         return ""
     if not isinstance(key, str):
         raise TypeError(f"{task}: the {what} must be a str (or None), got {type(key).__name__}")
     return check_text(key, f"{task}: the {what}")
+
+
+def by_name(
+    signature: Signature, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[list[Any], dict[str, Any]]:
+    """A call's arguments as key functions receive them: by the names of the task function's
+    parameters, defaults applied, however the task was called (so ``lambda tenant, **_: tenant``
+    serves ``f("acme", 7)`` and ``f(tenant="acme", report_id=7)`` alike). Positional-only and
+    ``*args`` parameters stay positional; ``**kwargs`` parameters are spread as keywords."""
+    skip = 1 if signature.skip_first else 0  # a durable task's context is not an argument
+    bound = signature.signature.bind(*((None,) * skip), *args, **kwargs)
+    bound.apply_defaults()
+    positional: list[Any] = []
+    named: dict[str, Any] = {}
+    for p in list(signature.signature.parameters.values())[skip:]:
+        value = bound.arguments[p.name]
+        if p.kind is p.POSITIONAL_ONLY:
+            positional.append(value)
+        elif p.kind is p.VAR_POSITIONAL:
+            positional.extend(value)
+        elif p.kind is p.VAR_KEYWORD:
+            named.update(value)
+        else:
+            named[p.name] = value
+    return positional, named
 
 
 @dataclass(frozen=True)

@@ -197,7 +197,7 @@ class Task(Generic[P, R]):
         if opts.queue is not None:
             check_text(opts.queue, f"{self.name}: the queue name")
         concurrency_key, fairness_key = self.flow.keys(
-            self.name, args, kwargs, (opts.concurrency_key, opts.fairness_key)
+            self.name, (self.signature, args, kwargs), (opts.concurrency_key, opts.fairness_key)
         )
         queue = opts.queue or self.queue
         return NewRun(
@@ -214,7 +214,9 @@ class Task(Generic[P, R]):
             trace_context=trace_context,
             concurrency_key=concurrency_key,
             fairness_key=fairness_key,
-            flow=self.flow.controlled or queue in self.app.queues,
+            # Every run is marked, whatever limits this process declares: the workers' own
+            # declarations decide which runs their claims control (docs/flow-control.md).
+            flow=True,
         )
 
 

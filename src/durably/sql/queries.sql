@@ -323,9 +323,9 @@ LIMIT %(limit)s
 )
 
 -- name: flow_adopt
--- Runs of these tasks and queues enqueued before they came under flow control (or by code that
--- did not declare it): the controlled claim reads only runs marked `flow`. Run when a worker
--- starts; reads the queued runs of its queues only.
+-- Runs of these tasks and queues written unmarked by an older durably (which marked only runs it
+-- knew to be limited; every run is marked now): the controlled claim reads only runs marked
+-- `flow`. Run when a worker starts; reads the queued runs of its queues only.
 UPDATE {schema}.runs SET flow = true
 WHERE status = 'QUEUED' AND NOT flow
   AND queue = ANY(%(queues)s::text[]) AND task = ANY(%(tasks)s::text[]);
