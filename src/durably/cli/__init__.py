@@ -15,7 +15,7 @@ import sys
 import click
 
 from ..errors import ConfigurationError
-from .common import database_options, friendly_errors, load_app, resolve_app
+from .common import TEXT, database_options, friendly_errors, load_app, resolve_app
 from .ops import db, events, queues, workers
 from .runs import runs
 from .schedules import schedules
@@ -57,6 +57,7 @@ for group in (runs, events, workers, queues, schedules, db):
 @click.option(
     "--queue",
     "queues",
+    type=TEXT,
     multiple=True,
     help="Queue to serve (repeatable; default: all the App's queues).",
 )

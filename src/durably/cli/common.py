@@ -15,12 +15,36 @@ import psycopg
 
 from ..app import App
 from ..errors import DurablyError
+from ..serde import check_text
 from ..store import first_line
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 # Exit statuses: 0 done, 1 refused (or failed), 2 usage (click's own for bad arguments).
 REFUSED = 1
+
+# The largest values the database stores: run ids are bigint, event sequence numbers integer.
+# Bounded here, a larger number is a usage error instead of a statement the database refuses.
+RUN_ID = click.IntRange(1, 2**63 - 1)
+RUN_ID_OR_ZERO = click.IntRange(0, 2**63 - 1)
+SEQ = click.IntRange(0, 2**31 - 1)
+
+
+class StorableText(click.ParamType):  # type: ignore[type-arg]  # generic in click 8.3+ only
+    """A name or key that PostgreSQL can store and index (no NUL, no lone surrogate, at most
+    1000 bytes): anything else is a usage error, before any statement runs."""
+
+    name = "text"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        """The value, checked."""
+        try:
+            return check_text(str(value), repr(str(value)[:40]))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+TEXT = StorableText()
 
 
 def load_app(spec: str) -> App:

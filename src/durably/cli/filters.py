@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import click
 
 from ..store import DELAYED
+from .common import TEXT
 
 STATUSES = ("QUEUED", "RUNNING", "WAITING", "COMPLETED", "FAILED", "CANCELLED")
 # What --status takes: the statuses, and DELAYED, which is not one: a QUEUED run not due yet
@@ -20,6 +21,7 @@ FILTER_STATUSES = ("QUEUED", DELAYED, *STATUSES[1:])
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"^(?:\d+(?:\.\d+)?[smhdw])+$")
 _PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_MAX_AGO = 1000 * 366 * 86400  # a thousand years: far past any run, and within the clock's range
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -66,7 +68,14 @@ def parse_moment(
         return None
     text = value.strip()
     if _DURATION.match(text):
-        return Moment(ago=sum(float(n) * _UNITS[u] for n, u in _PART.findall(text)), text=text)
+        ago = sum(float(n) * _UNITS[u] for n, u in _PART.findall(text))
+        if ago > _MAX_AGO:
+            raise click.BadParameter(
+                f"{text!r} is too far back: give at most 1000 years (366000d), or an ISO time",
+                ctx,
+                param,
+            )
+        return Moment(ago=ago, text=text)
     try:
         at = datetime.fromisoformat(text)
     except ValueError:
@@ -137,8 +146,10 @@ def filter_options(fn: F) -> F:
             callback=parse_moment,
             help="Runs created since this: an ISO time, or a duration ago (15m, 2h, 1d).",
         ),
-        click.option("--queue", default=None, help="Runs of this queue."),
-        click.option("--task", default=None, help="Runs of this task (its registered name)."),
+        click.option("--queue", type=TEXT, default=None, help="Runs of this queue."),
+        click.option(
+            "--task", type=TEXT, default=None, help="Runs of this task (its registered name)."
+        ),
         click.option(
             "--status",
             "statuses",

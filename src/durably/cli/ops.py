@@ -8,8 +8,9 @@ from typing import Any
 import click
 
 from ..app import App
+from ..serde import dumps
 from ..store import LATEST_VERSION, MIGRATIONS, Migration
-from .common import database_options, friendly_errors, json_option, resolve_app
+from .common import TEXT, database_options, friendly_errors, json_option, resolve_app
 from .output import (
     Column,
     ProgressDisplay,
@@ -31,7 +32,7 @@ def events() -> None:
 
 
 @events.command("push")
-@click.argument("key")
+@click.argument("key", type=TEXT)
 @click.argument("payload", required=False)
 @database_options
 @friendly_errors
@@ -44,14 +45,27 @@ def events_push(
 ) -> None:
     """Push event KEY with an optional JSON PAYLOAD (e.g. '{"approved": true}'): durable runs
     waiting for KEY receive it."""
+    value = None if payload is None else _payload(payload)
+    app = resolve_app(app_spec, database_url, schema, migrate=True)
+    click.echo(f"event {app.push_event(key, value)} pushed")
+
+
+def _payload(text: str) -> Any:
+    """PAYLOAD parsed, and refused (usage error) unless PostgreSQL can store it as JSON."""
     try:
-        value = None if payload is None else json.loads(payload)
+        value = json.loads(text)
+        dumps(value)  # what the App stores; it checks the size when pushing
     except json.JSONDecodeError as exc:
         raise click.UsageError(
             f"PAYLOAD is not JSON ({exc}): quote it, e.g. '\"yes\"' or '{{}}'"
         ) from None
-    app = resolve_app(app_spec, database_url, schema, migrate=True)
-    click.echo(f"event {app.push_event(key, value)} pushed")
+    except RecursionError:
+        raise click.UsageError(
+            "PAYLOAD is nested too deeply to read: flatten it (a few hundred levels at most)"
+        ) from None
+    except (TypeError, ValueError) as exc:  # NaN, Infinity, a NUL character...
+        raise click.UsageError(f"PAYLOAD cannot be stored as JSON ({exc}): remove that") from None
+    return value
 
 
 # -- workers and queues ---------------------------------------------------------------------

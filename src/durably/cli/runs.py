@@ -10,7 +10,15 @@ import click
 
 from ..app import App
 from ..store import DELAYED
-from .common import database_options, friendly_errors, json_option, refuse, resolve_app
+from .common import (
+    RUN_ID,
+    SEQ,
+    database_options,
+    friendly_errors,
+    json_option,
+    refuse,
+    resolve_app,
+)
 from .filters import Moment, RunFilter, filter_options, run_filter
 from .output import (
     Column,
@@ -62,7 +70,7 @@ RUN_COLUMNS = [
 @click.option(
     "--before",
     "before_id",
-    type=click.IntRange(min=1),
+    type=RUN_ID,
     default=None,
     help="Only runs older than this id: the next page (the command prints it).",
 )
@@ -319,7 +327,7 @@ def runs_replay(
 @click.argument("run_id", type=int)
 @click.option(
     "--at-event",
-    type=click.IntRange(min=0),
+    type=SEQ,
     required=True,
     help="Copy events 0 to N-1 of the log; the new run executes live from event N.",
 )

@@ -9,7 +9,7 @@ import click
 
 from ..app import App
 from ..errors import UnknownSchedule
-from .common import database_options, friendly_errors, json_option, refuse, resolve_app
+from .common import TEXT, database_options, friendly_errors, json_option, refuse, resolve_app
 from .output import Column, col, fmt_time, print_json, print_table
 
 
@@ -65,7 +65,7 @@ def _unknown(app: App, name: str) -> str:
 
 
 @schedules.command("pause")
-@click.argument("name")
+@click.argument("name", type=TEXT)
 @database_options
 @friendly_errors
 def schedules_pause(
@@ -81,7 +81,7 @@ def schedules_pause(
 
 
 @schedules.command("resume")
-@click.argument("name")
+@click.argument("name", type=TEXT)
 @database_options
 @friendly_errors
 def schedules_resume(
@@ -97,7 +97,7 @@ def schedules_resume(
 
 
 @schedules.command("delete")
-@click.argument("name")
+@click.argument("name", type=TEXT)
 @database_options
 @friendly_errors
 def schedules_delete(

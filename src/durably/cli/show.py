@@ -9,7 +9,15 @@ from typing import Any
 import click
 
 from ..app import App
-from .common import database_options, friendly_errors, json_option, refuse, resolve_app
+from .common import (
+    RUN_ID_OR_ZERO,
+    SEQ,
+    database_options,
+    friendly_errors,
+    json_option,
+    refuse,
+    resolve_app,
+)
 from .output import (
     Column,
     col,
@@ -36,7 +44,7 @@ def missing(app: App, run_id: int) -> str:
 @database_options
 @click.option(
     "--events-from",
-    type=click.IntRange(min=0),
+    type=SEQ,
     default=0,
     show_default=True,
     help="First event (sequence number) of the log to show.",
@@ -50,7 +58,7 @@ def missing(app: App, run_id: int) -> str:
 )
 @click.option(
     "--children-after",
-    type=click.IntRange(min=0),
+    type=RUN_ID_OR_ZERO,
     default=0,
     help="Show the children after this run id (the next page).",
 )
@@ -64,7 +72,7 @@ def missing(app: App, run_id: int) -> str:
 @click.option(
     "--event",
     "event_seq",
-    type=click.IntRange(min=0),
+    type=SEQ,
     default=None,
     help="Show this one event of the log in full (input, result, error).",
 )

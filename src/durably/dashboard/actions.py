@@ -15,7 +15,7 @@ from starlette.responses import RedirectResponse, Response
 
 from ..errors import DurablyError
 from .security import SESSION_COOKIE, checked_form, safe_next, session_cookie
-from .views import dashboard
+from .views import INTEGER, dashboard, path_id, whole_number
 
 
 @dataclass(frozen=True)
@@ -72,13 +72,13 @@ def _action(request: Request) -> tuple[str, Action]:
 async def confirm(request: Request) -> Response:
     """What the action will do to this run, and the form that confirms it."""
     name, action = _action(request)
-    run_id = int(request.path_params["run_id"])
+    run_id = path_id(request, "run_id")
     run = await dashboard(request).app.run_detail_async(run_id)
     if run is None:
         raise HTTPException(404, f"run {run_id} does not exist")
     applies = run["status"] in action.statuses and (name != "fork" or run["durable"])
-    at = request.query_params.get("at", "")
-    at_event = int(at) if at.isdigit() else run["events"]
+    at = request.query_params.get("at", "").strip()
+    at_event = whole_number(at, "at", INTEGER) if at else run["events"]
     return dashboard(request).render(
         request,
         "confirm.html",
@@ -96,14 +96,12 @@ async def perform(request: Request) -> Response:
     """Do the confirmed action, then show the run it produced or changed."""
     name, action = _action(request)
     form = await checked_form(request)
-    run_id = int(request.path_params["run_id"])
+    run_id = path_id(request, "run_id")
     app = dashboard(request).app
     if name == "fork":
-        at = str(form.get("at_event", "")).strip()
-        if not at.isdigit():
-            raise HTTPException(400, f"refused: events to keep must be a whole number, not {at!r}")
+        at_event = whole_number(str(form.get("at_event", "")).strip(), "at_event", INTEGER)
         try:
-            forked = await app.fork_async(run_id, int(at))
+            forked = await app.fork_async(run_id, at_event)
         except DurablyError:
             raise HTTPException(409, f"refused: {action.refused}") from None
         return RedirectResponse(f"/runs/{forked.id}?notice=forked", 303)

@@ -18,11 +18,15 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from ..serde import storable_problem
 from .render import ENDED, FILTER_STATUSES, chart, nondeterminism
 
 if TYPE_CHECKING:
     from .server import Dashboard
 
+# The largest values the database stores: run ids are bigint, event sequence numbers integer.
+BIGINT = 2**63 - 1
+INTEGER = 2**31 - 1
 RUNS_PAGE = 50
 EVENTS_PAGE = 200
 CHILDREN_PAGE = 100
@@ -44,13 +48,40 @@ def dashboard(request: Request) -> Dashboard:
     return found
 
 
-def _int_param(params: QueryParams, name: str, default: int | None = None) -> int | None:
-    text = params.get(name, "").strip()
-    if not text:
-        return default
-    if not text.isdigit() or len(text) > 18:
-        raise HTTPException(400, f"{name}={text[:40]!r} is not a whole number")
+def whole_number(text: str, name: str, maximum: int = BIGINT) -> int:
+    """``text`` as an int from 0 to ``maximum``, else a 400 answer. ASCII digits only:
+    ``str.isdigit`` also accepts characters such as '²' that ``int`` refuses."""
+    if not (text.isascii() and text.isdigit()) or len(text) > 19 or int(text) > maximum:
+        raise HTTPException(
+            400, f"{name}={text[:40]!r} is not valid: give a whole number from 0 to {maximum}"
+        )
     return int(text)
+
+
+def _int_param(
+    params: QueryParams, name: str, default: int | None = None, maximum: int = BIGINT
+) -> int | None:
+    text = params.get(name, "").strip()
+    return whole_number(text, name, maximum) if text else default
+
+
+def path_id(request: Request, name: str, maximum: int = BIGINT) -> int:
+    """An id or sequence number from the path (the route admits ASCII digits only); one past
+    what the database stores names nothing, so it is not found."""
+    value = int(request.path_params[name])
+    if value > maximum:
+        raise HTTPException(404, f"there is no {name.replace('_', ' ')} {value}")
+    return value
+
+
+def text_param(params: QueryParams, name: str, limit: int = 200) -> str:
+    """A text parameter, cut to ``limit`` characters; a 400 answer when PostgreSQL could not
+    store it (a NUL character or a lone surrogate): it could match nothing."""
+    text = params.get(name, "").strip()[:limit]
+    problem = storable_problem(text)
+    if problem:
+        raise HTTPException(400, f"{name} is not valid: {problem}")
+    return text
 
 
 def _moment(text: str, name: str, errors: list[str]) -> datetime | None:
@@ -82,12 +113,12 @@ class RunQuery:
     def parse(cls, params: QueryParams) -> RunQuery:
         """Read the query string; a bad filter is reported (one line each) and ignored."""
         q = cls(
-            status=params.get("status", "").strip().upper(),
-            task=params.get("task", "").strip()[:200],
-            queue=params.get("queue", "").strip()[:200],
-            window=params.get("window", "").strip(),
-            since=params.get("since", "").strip()[:40],
-            until=params.get("until", "").strip()[:40],
+            status=text_param(params, "status").upper(),
+            task=text_param(params, "task"),
+            queue=text_param(params, "queue"),
+            window=text_param(params, "window"),
+            since=text_param(params, "since", 40),
+            until=text_param(params, "until", 40),
             before=_int_param(params, "before"),
             after=_int_param(params, "after"),
         )
@@ -158,7 +189,7 @@ async def runs_table(request: Request) -> Response:
 
 
 async def _run(request: Request) -> dict[str, Any]:
-    run_id = int(request.path_params["run_id"])
+    run_id = path_id(request, "run_id")
     app = dashboard(request).app
     run = await app.run_detail_async(run_id)
     if run is None:
@@ -176,7 +207,7 @@ async def run_page(request: Request) -> Response:
     run_id = context["run"]["id"]
     app = dashboard(request).app
     # Without JavaScript, "more" links land here with the page position in the query string.
-    start = _int_param(request.query_params, "from", 0) or 0
+    start = _int_param(request.query_params, "from", 0, INTEGER) or 0
     after = _int_param(request.query_params, "after", 0) or 0
     events = await app.events_page_async(run_id, start, EVENTS_PAGE + 1)
     children = await app.children_page_async(run_id, after, CHILDREN_PAGE + 1)
@@ -208,7 +239,7 @@ def _children_context(children: list[dict[str, Any]]) -> dict[str, Any]:
 async def run_events(request: Request) -> Response:
     """The next page of a run's event log: rows that replace its "more" row."""
     context = await _run(request)
-    start = _int_param(request.query_params, "from", 0) or 0
+    start = _int_param(request.query_params, "from", 0, INTEGER) or 0
     app = dashboard(request).app
     events = await app.events_page_async(context["run"]["id"], start, EVENTS_PAGE + 1)
     return dashboard(request).render(
@@ -230,7 +261,7 @@ async def run_children(request: Request) -> Response:
 async def event_page(request: Request) -> Response:
     """One event of a run's log in full."""
     context = await _run(request)
-    seq = int(request.path_params["seq"])
+    seq = path_id(request, "seq", INTEGER)
     event = await dashboard(request).app.event_detail_async(context["run"]["id"], seq)
     if event is None:
         raise HTTPException(404, f"run {context['run']['id']} has no event {seq}")
