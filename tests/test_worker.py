@@ -343,7 +343,7 @@ def test_a_run_cancelled_before_its_task_starts_frees_its_slot(app: durably.App)
     worker = app.make_worker(slots=1)
 
     async def claim_then_cancel() -> None:
-        row = (1, "never_starts", '{"args": [], "kwargs": {}}', 1, 0, 0, False, None)
+        row = (1, "never_starts", '{"args": [], "kwargs": {}}', 1, 0, 0, False, None, None)
         worker._start(row)
         assert worker.busy[False] == 1
         worker._abandon(1, "cancelled")  # before the loop ever ran the task

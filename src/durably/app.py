@@ -97,7 +97,9 @@ class App:
 
         Options (:class:`~durably.tasks.TaskOptions`): ``name`` (default ``module.qualname``),
         ``queue``, ``retries`` (extra attempts after a failure), ``backoff`` (seconds or a
-        :class:`Backoff`), ``timeout`` (seconds per attempt), ``schedule_timeout`` (seconds to be
+        :class:`Backoff`), ``timeout`` (seconds per attempt), ``execution_deadline`` (seconds from
+        the run's first start to its end, across retries and suspensions: past it the run fails
+        with :class:`DeadlineExceeded`), ``schedule_timeout`` (seconds to be
         picked up), ``priority`` (higher first), ``max_recoveries`` (times a run may lose its
         worker before it fails), ``concurrency`` (the most runs executing at once across all
         workers).

@@ -206,6 +206,9 @@ class DurableRun:
                     "concurrency_key": run.concurrency_key,
                     "fairness_key": run.fairness_key,
                     "flow": run.flow,
+                    "delay": run.delay,
+                    "idempotency_key": run.idempotency_key,
+                    "execution_deadline": run.execution_deadline,
                 }
             )
         )

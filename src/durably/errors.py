@@ -31,6 +31,11 @@ class NonDeterminismError(DurablyError):
     """A durable run's code no longer does what its event log recorded."""
 
 
+class DeadlineExceeded(DurablyError, TimeoutError):
+    """A run passed its run deadline (``execution_deadline``): it failed for good, however many
+    retries it had left, and its unfinished children were cancelled."""
+
+
 class NotSerializable(DurablyError, TypeError):
     """An argument or result cannot be stored as JSON."""
 

@@ -113,6 +113,7 @@ class NewRun:
     concurrency_key: str | None = None
     fairness_key: str | None = None
     flow: bool = False  # under flow control: claimed by the controlled claim
+    execution_deadline: float | None = None  # seconds from the first start to the run deadline
 
 
 def check_schema_name(schema: str) -> str:
@@ -279,6 +280,10 @@ class Store:
         finish = self._sql.pop("finish")
         self._sql["finish"] = finish.replace("{outcomes}", self._sql["finish_outcomes_many"])
         self._sql["finish_one"] = finish.replace("{outcomes}", self._sql["finish_outcomes_one"])
+        # And `deadline_fail`: the sweeper's, over the runs due, and a worker's, over its attempt.
+        deadline = self._sql.pop("deadline_fail")
+        self._sql["sweep_deadlines"] = deadline.replace("{due}", self._sql["deadline_due"])
+        self._sql["deadline_fail_held"] = deadline.replace("{due}", self._sql["deadline_held"])
 
     @classmethod
     async def open(
@@ -415,6 +420,7 @@ class Store:
             "concurrency_key": [r.concurrency_key for r in runs],
             "fairness_key": [r.fairness_key for r in runs],
             "flow": [r.flow for r in runs],
+            "execution_deadline": [r.execution_deadline for r in runs],
             "channel": self.channel,
         }
 
@@ -604,6 +610,7 @@ class Store:
                     "sweep_wake_ready",
                     "sweep_rate_starts",
                     "sweep_fair_turns",
+                    "sweep_deadlines",
                 )
             ]
             return counts[0], counts[1], counts[2]
@@ -713,19 +720,37 @@ class Store:
         return bool(await self.fetch("log_complete", params))
 
     async def log_spawn(self, params: dict[str, Any]) -> int | None:
-        """Create a child run and its entry, fenced; the child's id, or None."""
-        rows = await self.fetch(
-            "log_spawn",
-            {
-                "trace_context": None,
-                "concurrency_key": None,
-                "fairness_key": None,
-                "flow": False,
-                **params,
-                "channel": self.channel,
-            },
-        )
-        return int(rows[0][0]) if rows else None
+        """Create a child run and its entry, fenced; the child's id (an existing run's, when its
+        idempotency key names one), or None when the attempt is no longer held."""
+        params = {
+            "trace_context": None,
+            "concurrency_key": None,
+            "fairness_key": None,
+            "flow": False,
+            "delay": 0.0,
+            "idempotency_key": None,
+            "execution_deadline": None,
+            **params,
+            "channel": self.channel,
+        }
+        child_id, held, _ = (await self.fetch("log_spawn", params))[0]
+        if held and child_id is None:
+            # The key's run was inserted by a transaction that committed during the statement,
+            # so its snapshot could not see it: a new statement does.
+            child_id, held, _ = (await self.fetch("log_spawn", params))[0]
+        return int(child_id) if child_id is not None else None
+
+    async def fail_past_deadline(self, run_id: int, attempt: int, worker_id: str) -> bool:
+        """Fail a run whose attempt reached its run deadline, cancelling its unfinished
+        descendants, fenced; False when the attempt is no longer held."""
+        params = {
+            "run_id": run_id,
+            "attempt": attempt,
+            "worker_id": worker_id,
+            "channel": self.channel,
+        }
+        rows = await self.fetch("deadline_fail_held", params)
+        return bool(rows[0][0])
 
     async def take_event(self, params: dict[str, Any]) -> Row | None:
         """Take the next matching event for a waiting entry, fenced: (event id, payload)."""

@@ -7,7 +7,7 @@ import contextlib
 import inspect
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, TypeVar
 
@@ -37,6 +37,7 @@ class TaskOptions(TypedDict, total=False):
     retries: int
     backoff: Backoff | float | None
     timeout: float | None
+    execution_deadline: float | None
     schedule_timeout: float | None
     priority: int
     max_recoveries: int
@@ -62,6 +63,19 @@ class CallOptions:
     idempotency_key: str | None = None
     concurrency_key: str | None = None
     fairness_key: str | None = None
+    execution_deadline: float | None = None  # None: the task's own
+
+
+def check_execution_deadline(value: Any, where: str) -> None:
+    """Refuse an ``execution_deadline`` that is not a number of seconds > 0 (or None)."""
+    valid = value is None or (
+        isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+    )
+    if not valid:
+        raise ValueError(
+            f"{where}: execution_deadline={value!r} is not valid: pass seconds > 0 (counted from "
+            "the run's first start), or None for no run deadline"
+        )
 
 
 class Task(Generic[P, R]):
@@ -78,6 +92,7 @@ class Task(Generic[P, R]):
         retries: int = 0,
         backoff: Backoff | float | None = None,
         timeout: float | None = None,
+        execution_deadline: float | None = None,
         schedule_timeout: float | None = None,
         priority: int = 0,
         max_recoveries: int = 20,
@@ -104,6 +119,10 @@ class Task(Generic[P, R]):
         self.retries = retries
         self.backoff = Backoff.coerce(backoff)
         self.timeout = timeout
+        # The run deadline: seconds from the first start, across retries, recoveries and
+        # suspensions (``timeout`` bounds one attempt).
+        check_execution_deadline(execution_deadline, f"task {self.name!r}")
+        self.execution_deadline = execution_deadline
         self.schedule_timeout = schedule_timeout
         self.priority = priority
         self.max_recoveries = max_recoveries
@@ -149,10 +168,21 @@ class Task(Generic[P, R]):
         queue: str | None = None,
         concurrency_key: str | None = None,
         fairness_key: str | None = None,
+        execution_deadline: float | None = None,
     ) -> BoundTask:
-        """Per-call options: ``task.options(priority=5, delay=10).enqueue(...)``; the keys
-        override the task's key functions (docs/flow-control.md)."""
-        opts = CallOptions(queue, priority, delay, idempotency_key, concurrency_key, fairness_key)
+        """Per-call options: ``task.options(priority=5, delay=10).enqueue(...)``, or as the
+        task of ``ctx.run``/``ctx.spawn`` for a child; the keys override the task's key
+        functions (docs/flow-control.md), ``execution_deadline`` the task's run deadline."""
+        check_execution_deadline(execution_deadline, f"{self.name}.options")
+        opts = CallOptions(
+            queue,
+            priority,
+            delay,
+            idempotency_key,
+            concurrency_key,
+            fairness_key,
+            execution_deadline,
+        )
         return BoundTask(self, opts)
 
     def enqueue(
@@ -209,6 +239,7 @@ class Task(Generic[P, R]):
             max_recoveries=self.max_recoveries,
             delay=opts.delay,
             schedule_timeout=self.schedule_timeout,
+            execution_deadline=opts.execution_deadline or self.execution_deadline,
             idempotency_key=opts.idempotency_key,
             durable=self.durable,
             trace_context=trace_context,
@@ -229,6 +260,14 @@ class BoundTask:
 
     def options(self, **changes: Any) -> BoundTask:
         """Change more options."""
+        known = [f.name for f in fields(CallOptions)]
+        unknown = sorted(set(changes) - set(known))
+        if unknown:
+            raise TypeError(
+                f"{self.task.name}.options: no option {unknown[0]!r}; the options are "
+                + ", ".join(known)
+            )
+        check_execution_deadline(changes.get("execution_deadline"), f"{self.task.name}.options")
         return BoundTask(self.task, replace(self.opts, **changes))
 
     def enqueue(

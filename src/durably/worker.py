@@ -32,6 +32,7 @@ from .durable import DurableRun
 from .errors import (
     ConfigurationError,
     DatabaseUnavailable,
+    DeadlineExceeded,
     DurablyError,
     LeaseLost,
     NonDeterminismError,
@@ -66,9 +67,22 @@ class _Execution:
     max_retries: int
     has_log: bool
     trace_context: Any = None  # the enqueuer's trace, continued by this attempt's span
+    deadline_in: float | None = None  # seconds from the claim to the run deadline, if any
     future: asyncio.Task[None] | None = None
     claimed_at: float = field(default_factory=time.monotonic)
     abandoned: bool = False
+
+
+def _time_limit(ex: _Execution) -> tuple[float | None, bool]:
+    """The attempt's timeout: the task's, or the time left to the run deadline when that is
+    sooner (then True: reaching it fails the run for good, it is not retried)."""
+    timeout = ex.task.timeout
+    if ex.deadline_in is None:
+        return timeout, False
+    left = ex.deadline_in - (time.monotonic() - ex.claimed_at)
+    if timeout is None or left <= timeout:
+        return left, True
+    return timeout, False
 
 
 class Worker:
@@ -302,10 +316,10 @@ class Worker:
         return min(self.poll_interval, due) if due is not None and due > 0 else self.poll_interval
 
     def _start(self, row: tuple[Any, ...]) -> None:
-        run_id, task_name, args, attempt, failures, max_retries, has_log, trace_context = row
+        run_id, task_name, args, attempt, failures, max_retries, has_log, trace, deadline_in = row
         task = self.app.registry[task_name]
         ex = _Execution(
-            run_id, attempt, task, args, failures, max_retries, bool(has_log), trace_context
+            run_id, attempt, task, args, failures, max_retries, bool(has_log), trace, deadline_in
         )
         self._running[run_id] = ex
         self.busy[task.durable] += 1
@@ -367,7 +381,11 @@ class Worker:
     async def _attempt(self, ex: _Execution) -> Outcome | None:
         """Execute one attempt; its outcome, or None when there is nothing to record."""
         task = ex.task
-        timer = asyncio.timeout(task.timeout)
+        limit, by_deadline = _time_limit(ex)
+        if by_deadline and limit is not None and limit <= 0:
+            await self._past_deadline(ex)  # e.g. queued past it, and claimed before a sweep
+            return None
+        timer = asyncio.timeout(limit)
         durable = DurableRun(self, ex) if task.durable else None
         try:
             call_args, call_kwargs = task.signature.decode_args(ex.args)
@@ -398,6 +416,10 @@ class Worker:
             return self._failure(ex, exc)
         except BaseException as exc:  # anything a task raises fails only its run
             if isinstance(exc, TimeoutError) and timer.expired():
+                if by_deadline:  # final, not retried; a lost lease writes nothing
+                    if durable is None or not durable.lost:
+                        await self._past_deadline(ex)
+                    return None
                 exc = TimeoutError(
                     f"{task.name} did not finish within its timeout of {task.timeout}s"
                 )
@@ -406,6 +428,21 @@ class Worker:
             if durable is not None and durable.interrupted is not None:
                 return self._release(ex, durable.interrupted)
             return self._failure(ex, exc)
+
+    async def _past_deadline(self, ex: _Execution) -> None:
+        """The run reached its run deadline while this attempt held it: fail it for good and
+        cancel its unfinished children, in one fenced statement (nothing is left to record)."""
+        written = await self.store.fail_past_deadline(ex.run_id, ex.attempt, self.id)
+        deadline = ex.task.execution_deadline
+        log.info(
+            "run %s (%s) attempt %s passed its run deadline%s",
+            ex.run_id,
+            ex.task.name,
+            ex.attempt,
+            "" if written else " (it was no longer held)",
+            extra=self._fields(ex),
+        )
+        telemetry.fail(DeadlineExceeded(f"execution deadline of {deadline} s"), "fail")
 
     def _fields(self, ex: _Execution) -> dict[str, Any]:
         """Structured fields of a log record about one attempt (``record.run_id`` etc.)."""

@@ -38,18 +38,20 @@ WITH input AS (
         %(max_retries)s::integer[], %(max_recoveries)s::integer[], %(delay)s::float8[],
         %(schedule_timeout)s::float8[], %(idempotency_key)s::text[], %(durable)s::boolean[],
         %(trace_context)s::text[], %(concurrency_key)s::text[], %(fairness_key)s::text[],
-        %(flow)s::boolean[]
+        %(flow)s::boolean[], %(execution_deadline)s::float8[]
     ) WITH ORDINALITY AS t(task, queue, priority, args, max_retries, max_recoveries, delay,
                           schedule_timeout, idempotency_key, durable, trace_context,
-                          concurrency_key, fairness_key, flow, ord)
+                          concurrency_key, fairness_key, flow, execution_deadline, ord)
 ), inserted AS (
     INSERT INTO {schema}.runs (task, queue, priority, args, max_retries, max_recoveries,
                                run_at, schedule_deadline, idempotency_key, durable,
-                               trace_context, concurrency_key, fairness_key, flow)
+                               trace_context, concurrency_key, fairness_key, flow,
+                               execution_deadline)
     SELECT task, queue, priority, args::jsonb, max_retries, max_recoveries,
            now() + make_interval(secs => delay),
            now() + make_interval(secs => delay + schedule_timeout),
-           idempotency_key, durable, trace_context::jsonb, concurrency_key, fairness_key, flow
+           idempotency_key, durable, trace_context::jsonb, concurrency_key, fairness_key, flow,
+           execution_deadline
     FROM input
     ORDER BY ord  -- identities are drawn in this order, so ids ascend in input order
     ON CONFLICT (task, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
@@ -66,12 +68,13 @@ FROM inserted;
 WITH inserted AS (
     INSERT INTO {schema}.runs (task, queue, priority, args, max_retries, max_recoveries,
                                run_at, schedule_deadline, idempotency_key, durable,
-                               trace_context, concurrency_key, fairness_key, flow)
+                               trace_context, concurrency_key, fairness_key, flow,
+                               execution_deadline)
     VALUES (%(task)s, %(queue)s, %(priority)s, %(args)s::jsonb, %(max_retries)s,
             %(max_recoveries)s, now() + make_interval(secs => %(delay)s::float8),
             now() + make_interval(secs => %(delay)s::float8 + %(schedule_timeout)s::float8),
             %(idempotency_key)s, %(durable)s, %(trace_context)s::jsonb, %(concurrency_key)s,
-            %(fairness_key)s, %(flow)s)
+            %(fairness_key)s, %(flow)s, %(execution_deadline)s::float8)
     ON CONFLICT (task, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id, task, queue, idempotency_key
 )
@@ -102,18 +105,23 @@ WITH woken AS (
         worker_id = %(worker_id)s,
         attempt = r.attempt + 1,
         lease_expires_at = statement_timestamp() + make_interval(secs => %(lease)s),
-        started_at = statement_timestamp()
+        started_at = statement_timestamp(),
+        -- The run deadline starts at the first start and is kept by every later one (NULL
+        -- stays NULL: make_interval of NULL is NULL).
+        deadline_at = coalesce(r.deadline_at,
+                               statement_timestamp() + make_interval(secs => r.execution_deadline))
     FROM picked
     WHERE r.id = picked.id
     RETURNING r.id, r.task, r.args, r.attempt, r.failures, r.max_retries, r.durable,
-              r.trace_context, r.queue, r.concurrency_key, r.fairness_key
+              r.trace_context, r.queue, r.concurrency_key, r.fairness_key,
+              EXTRACT(EPOCH FROM r.deadline_at - statement_timestamp())::float8 AS deadline_in
 ){record}
 SELECT c.id, c.task, c.args, c.attempt, c.failures, c.max_retries,
        c.durable AND EXISTS (SELECT 1 FROM {schema}.event_log l WHERE l.run_id = c.id),
-       c.trace_context
+       c.trace_context, c.deadline_in
 FROM claimed c
 UNION ALL
-SELECT id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM woken;
+SELECT id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM woken;
 
 -- name: claim_pick_one_queue
 -- The `picked` part of `claim` for a worker serving one queue: one ordered index scan.
@@ -556,6 +564,77 @@ SELECT id, (SELECT count(pg_notify(%(channel)s, 'done:' || d.ids))
                     GROUP BY e.n / 300) d)
 FROM expired;
 
+-- name: deadline_fail
+-- Fails runs past their run deadline (docs/durable-tasks.md) for good, cancels their unfinished
+-- descendants (as cancelling the run would), and wakes the parents waiting on them. The `due`
+-- placeholder picks the runs: `deadline_due` for the sweeper (queued and suspended runs, read
+-- from the runs_deadline index, so the cost follows the runs due, at most 1000 a sweep), or
+-- `deadline_held` for the worker whose attempt reached the deadline (fenced). Ended runs are
+-- notified in 'done:' lists of at most 200 ids, well under pg_notify's 8000-byte payload.
+WITH RECURSIVE due AS (
+    {due}
+), failed AS (
+    UPDATE {schema}.runs r
+    SET status = 'FAILED', finished_at = now(), worker_id = NULL, lease_expires_at = NULL,
+        wake_at = NULL, wait_children = NULL, wait_event = NULL,
+        error = jsonb_build_object(
+            'type', 'DeadlineExceeded',
+            'message', format('the run did not finish within its execution deadline of %%s s from its first start (it was %%s); retry it for a fresh deadline, or give it a longer execution_deadline', r.execution_deadline, r.status),
+            'traceback', NULL)
+    FROM due WHERE r.id = due.id
+    RETURNING r.id, r.parent_id
+), tree AS (
+    SELECT c.id, c.status FROM {schema}.runs c JOIN failed f ON c.parent_id = f.id
+    UNION ALL
+    SELECT c.id, c.status FROM {schema}.runs c JOIN tree t ON c.parent_id = t.id
+), cancelled AS (
+    UPDATE {schema}.runs c
+    SET status = 'CANCELLED', finished_at = now(), lease_expires_at = NULL
+    FROM tree
+    WHERE c.id = tree.id AND c.status IN ('QUEUED', 'RUNNING', 'WAITING')
+      AND c.id NOT IN (SELECT id FROM due)
+    RETURNING c.id, tree.status AS was
+), parents AS (
+    UPDATE {schema}.runs p
+    SET status = 'QUEUED', run_at = now(), wake_at = NULL, wait_children = NULL, wait_event = NULL
+    FROM failed f
+    WHERE p.id = f.parent_id AND p.status = 'WAITING' AND f.id = ANY(p.wait_children)
+      AND p.id NOT IN (SELECT id FROM due) AND p.id NOT IN (SELECT id FROM tree)
+      AND NOT EXISTS (SELECT 1 FROM {schema}.runs c
+                      WHERE c.id = ANY(p.wait_children)
+                        AND c.status NOT IN ('COMPLETED', 'FAILED', 'CANCELLED')
+                        AND c.id NOT IN (SELECT id FROM failed))
+    RETURNING p.id, p.queue
+), ended AS (
+    SELECT id, (row_number() OVER (ORDER BY id) - 1) / 200 AS chunk
+    FROM (SELECT id FROM failed UNION ALL SELECT id FROM cancelled) e
+)
+SELECT (SELECT count(*) FROM failed),
+       (SELECT count(pg_notify(%(channel)s, 'cancel:' || id)) FROM cancelled
+        WHERE was = 'RUNNING'),
+       (SELECT count(pg_notify(%(channel)s, 'done:' || ids))
+          FROM (SELECT string_agg(id::text, ',') AS ids FROM ended GROUP BY chunk) d),
+       (SELECT count(pg_notify(%(channel)s, 'q:' || q.queue))
+          FROM (SELECT DISTINCT queue FROM parents) q);
+
+-- name: deadline_due
+-- The `due` part of `deadline_fail` for the sweeper. A RUNNING run is left to its worker, whose
+-- attempt times out at the deadline; should the worker die, recovery queues the run, and the
+-- same sweep then finds it here.
+SELECT id FROM {schema}.runs
+WHERE deadline_at < now() AND deadline_at IS NOT NULL AND status IN ('QUEUED', 'WAITING')
+ORDER BY deadline_at
+LIMIT 1000
+FOR UPDATE SKIP LOCKED
+
+-- name: deadline_held
+-- The `due` part of `deadline_fail` for a worker whose attempt reached the run's deadline:
+-- only the attempt it still holds.
+SELECT id FROM {schema}.runs
+WHERE id = %(run_id)s AND attempt = %(attempt)s AND worker_id = %(worker_id)s
+  AND status = 'RUNNING'
+FOR UPDATE
+
 -- name: cancel
 -- Cancels a run and every unfinished run below it (its children, theirs, ...).
 WITH RECURSIVE tree AS (
@@ -625,7 +704,11 @@ FROM held
 RETURNING result, EXTRACT(EPOCH FROM wake_at - now())::float8;
 
 -- name: log_spawn
--- Records a child entry and creates the child run in the same statement, fenced.
+-- Records a child entry and creates the child run in the same statement, fenced. A child whose
+-- idempotency key names a run that already exists is that run, as with enqueue: the entry
+-- points at it (one run per entry, always), and it stays another run's child, or none's.
+-- Returns (child id or NULL, run held?): held without a child is a key inserted concurrently,
+-- not visible to this statement yet.
 WITH held AS (
     SELECT id FROM {schema}.runs
     WHERE id = %(run_id)s AND attempt = %(attempt)s AND worker_id = %(worker_id)s
@@ -633,21 +716,31 @@ WITH held AS (
     FOR SHARE
 ), child AS (
     INSERT INTO {schema}.runs (task, queue, priority, args, max_retries, max_recoveries,
-                               schedule_deadline, durable, parent_id, parent_seq, trace_context,
-                               concurrency_key, fairness_key, flow)
+                               run_at, schedule_deadline, idempotency_key, durable, parent_id,
+                               parent_seq, trace_context, concurrency_key, fairness_key, flow,
+                               execution_deadline)
     SELECT %(task)s, %(queue)s, %(priority)s, %(args)s::jsonb, %(max_retries)s,
-           %(max_recoveries)s, now() + make_interval(secs => %(schedule_timeout)s), %(durable)s,
-           held.id, %(seq)s, %(trace_context)s::jsonb, %(concurrency_key)s, %(fairness_key)s,
-           %(flow)s
+           %(max_recoveries)s, now() + make_interval(secs => %(delay)s::float8),
+           now() + make_interval(secs => %(delay)s::float8 + %(schedule_timeout)s::float8),
+           %(idempotency_key)s, %(durable)s, held.id, %(seq)s, %(trace_context)s::jsonb,
+           %(concurrency_key)s, %(fairness_key)s, %(flow)s, %(execution_deadline)s::float8
     FROM held
+    ON CONFLICT (task, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id, queue
+), chosen AS (
+    SELECT id FROM child
+    UNION ALL
+    SELECT r.id FROM {schema}.runs r, held
+    WHERE r.task = %(task)s AND r.idempotency_key = %(idempotency_key)s
+      AND NOT EXISTS (SELECT 1 FROM child)
 ), entry AS (
     INSERT INTO {schema}.event_log (run_id, seq, kind, name, key, input, child_id, done, attempt)
-    SELECT %(run_id)s, %(seq)s, 'child', %(task)s, %(key)s, %(args)s::jsonb, child.id, false,
+    SELECT %(run_id)s, %(seq)s, 'child', %(task)s, %(key)s, %(args)s::jsonb, chosen.id, false,
            %(attempt)s
-    FROM child
+    FROM chosen
 )
-SELECT id, pg_notify(%(channel)s, 'q:' || queue) FROM child;
+SELECT (SELECT id FROM chosen), EXISTS (SELECT 1 FROM held),
+       (SELECT count(pg_notify(%(channel)s, 'q:' || queue)) FROM child);
 
 -- name: log_complete
 -- Marks a pending entry (child, sleep, event wait) done with its outcome, fenced.
@@ -794,13 +887,14 @@ SELECT (SELECT id FROM ev),
 WITH target AS (
     UPDATE {schema}.runs
     SET status = 'QUEUED', run_at = now(), failures = 0, recoveries = 0, error = NULL,
-        result = NULL, finished_at = NULL, worker_id = NULL, lease_expires_at = NULL
+        result = NULL, finished_at = NULL, worker_id = NULL, lease_expires_at = NULL,
+        deadline_at = NULL  -- started again by hand: a fresh deadline from the next start
     WHERE id = %(id)s AND status IN ('FAILED', 'CANCELLED')
     RETURNING id, queue
 ), children AS (
     UPDATE {schema}.runs c
     SET status = 'QUEUED', run_at = now(), failures = 0, recoveries = 0, error = NULL,
-        finished_at = NULL
+        finished_at = NULL, deadline_at = NULL
     FROM {schema}.event_log l, target
     WHERE l.run_id = target.id AND l.kind = 'child' AND NOT l.done AND c.id = l.child_id
       AND c.status IN ('FAILED', 'CANCELLED')
@@ -825,7 +919,8 @@ WITH target AS (
 ), queued AS (
     UPDATE {schema}.runs r
     SET status = 'QUEUED', run_at = now(), log_epoch = r.log_epoch + 1, failures = 0,
-        recoveries = 0, error = NULL, result = NULL, finished_at = NULL, worker_id = NULL
+        recoveries = 0, error = NULL, result = NULL, finished_at = NULL, worker_id = NULL,
+        deadline_at = NULL
     FROM target WHERE r.id = target.id
     RETURNING r.id, r.queue
 )
@@ -837,9 +932,9 @@ WITH src AS (
     SELECT * FROM {schema}.runs WHERE id = %(id)s AND durable
 ), created AS (
     INSERT INTO {schema}.runs (task, queue, priority, args, max_retries, max_recoveries, durable,
-                               concurrency_key, fairness_key, flow)
+                               concurrency_key, fairness_key, flow, execution_deadline)
     SELECT task, queue, priority, args, max_retries, max_recoveries, durable, concurrency_key,
-           fairness_key, flow
+           fairness_key, flow, execution_deadline
     FROM src
     RETURNING id, queue
 ), copied AS (
