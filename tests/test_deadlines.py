@@ -206,3 +206,104 @@ def test_retry_after_a_deadline_gives_a_fresh_deadline(
         assert h.result(timeout=15) == "ok"
     assert row(db, schema, h.id)["deadline_at"] > first
     assert len(calls) == 2
+
+
+# -- per-child options -----------------------------------------------------------------------
+
+
+def test_a_child_spawned_with_options_is_stored_with_them_and_runs(
+    app: durably.App, db: psycopg.Connection[Any], schema: str
+) -> None:
+    @app.task(name="double")
+    def double(x: int) -> int:
+        return 2 * x
+
+    @app.durable_task(name="async_parent")
+    async def async_parent(ctx: durably.DurableContext, x: int) -> int:
+        child = double.options(priority=7, queue="payments", delay=0.5, execution_deadline=30)
+        return int(await ctx.run(child, x))
+
+    @app.durable_task(name="sync_parent")
+    def sync_parent(ctx: durably.SyncDurableContext, x: int) -> int:
+        child = ctx.spawn(double.options(priority=3, queue="payments"), x)
+        [doubled] = ctx.gather(child)
+        return int(doubled)
+
+    with app.worker(slots=1, durable_slots=2, queues=["default", "payments"], **FAST):
+        a, s = async_parent.enqueue(3), sync_parent.enqueue(4)
+        assert (a.result(timeout=15), s.result(timeout=15)) == (6, 8)
+    children = {r.id: row(db, schema, r.id) for r in app.list_runs(task="double")}
+    by_parent = {c["parent_id"]: c for c in children.values()}
+    ca, cs = by_parent[a.id], by_parent[s.id]
+    assert (ca["queue"], ca["priority"], ca["execution_deadline"]) == ("payments", 7, 30)
+    assert ca["run_at"] - ca["created_at"] >= timedelta(seconds=0.5)
+    assert (cs["queue"], cs["priority"], cs["execution_deadline"]) == ("payments", 3, None)
+
+
+def test_child_options_are_not_part_of_the_operation_key(app: durably.App) -> None:
+    # A parent that resumes with other options for a child already spawned (as after a deploy
+    # that moved the child to another queue) replays it; it is not a non-determinism.
+    @app.task(name="slowish")
+    async def slowish() -> str:
+        await asyncio.sleep(0.5)
+        return "done"
+
+    @app.durable_task(name="fickle")
+    async def fickle(ctx: durably.DurableContext) -> tuple[str, int]:
+        result = await ctx.run(slowish.options(priority=ctx.attempt))
+        return result, ctx.attempt
+
+    with app.worker(slots=1, durable_slots=1, **FAST):
+        result, attempt = fickle.enqueue().result(timeout=15)
+    assert result == "done" and attempt > 1
+
+
+def test_a_child_idempotency_key_that_exists_reuses_that_run(
+    app: durably.App, db: psycopg.Connection[Any], schema: str
+) -> None:
+    @app.task(name="charge")
+    def charge(amount: int) -> int:
+        return amount
+
+    @app.durable_task(name="checkout")
+    async def checkout(ctx: durably.DurableContext, amount: int) -> int:
+        return int(await ctx.run(charge.options(idempotency_key="order-1"), amount))
+
+    with app.worker(slots=1, durable_slots=2, **FAST):
+        first = charge.options(idempotency_key="order-1").enqueue(100)
+        assert first.result(timeout=15) == 100
+        # The key's run is the child: its result, not a second charge of 999.
+        assert checkout.enqueue(999).result(timeout=15) == 100
+        assert checkout.enqueue(555).result(timeout=15) == 100
+    assert [r.id for r in app.list_runs(task="charge")] == [first.id]
+    logged = db.execute(
+        f"SELECT child_id FROM \"{schema}\".event_log WHERE kind = 'child'"
+    ).fetchall()
+    assert logged == [(first.id,), (first.id,)]  # one run per log entry
+
+
+def test_bad_options_are_refused_in_one_line(app: durably.App) -> None:
+    @app.task(name="target")
+    def target() -> None: ...
+
+    def not_a_task() -> None: ...
+
+    for bad in (0, -1, "2", True):
+        with pytest.raises(ValueError, match=r"execution_deadline=.* is not valid") as e:
+            target.options(execution_deadline=bad)
+        assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="execution_deadline=0 is not valid"):
+        app.task(name="other", execution_deadline=0)(not_a_task)
+    with pytest.raises(TypeError, match="no option 'prio'; the options are queue, priority"):
+        target.options(priority=1).options(prio=2)
+
+    @app.durable_task(name="confused")
+    async def confused(ctx: durably.DurableContext) -> None:
+        await ctx.run(not_a_task)  # type: ignore[arg-type]
+
+    with app.worker(durable_slots=1, **FAST), pytest.raises(durably.RunFailed) as failed:
+        confused.enqueue().result(timeout=15)
+    assert failed.value.error_type == "TypeError"
+    assert "ctx.run and ctx.spawn take a task" in failed.value.error_message
+    assert "not_a_task" in failed.value.error_message
+    assert "\n" not in failed.value.error_message

@@ -30,7 +30,7 @@ from .serde import dumps, error_dict
 
 if TYPE_CHECKING:
     from .durable import DurableRun
-    from .tasks import Task
+    from .tasks import BoundTask, CallOptions, Task
 
 T = TypeVar("T")
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
@@ -237,10 +237,14 @@ class DurableContext:
 
     # -- children ------------------------------------------------------------------------------
 
-    def spawn(self, task: Task[Any, Any], *args: Any, **kwargs: Any) -> Child:
+    def spawn(self, task: Task[Any, Any] | BoundTask, *args: Any, **kwargs: Any) -> Child:
         """Start a child run now (its sequence number is taken at once); await the returned
-        :class:`Child`, or pass several to :meth:`gather`, for results."""
-        run = task.new_run(args, kwargs, task_options(), telemetry.carrier())
+        :class:`Child`, or pass several to :meth:`gather`, for results. ``task`` may carry
+        per-child options: ``ctx.spawn(charge.options(priority=5, queue="payments"), ...)``."""
+        task, opts = task_options(task)
+        run = task.new_run(args, kwargs, opts, telemetry.carrier())
+        # The options are not part of the operation's key: they say how the child is scheduled,
+        # not what it does, so changing them between deploys leaves runs in flight replayable.
         seq, key, _, entry = self._lookup(
             "child", task.name, {"args": list(args), "kwargs": kwargs}
         )
@@ -253,8 +257,9 @@ class DurableContext:
         recording = asyncio.ensure_future(self._run.spawn(seq, key, run, task.durable))
         return Child(self, seq, recording)
 
-    async def run(self, task: Task[Any, Any], *args: Any, **kwargs: Any) -> Any:
-        """Spawn a child run and wait for its result; raises :class:`ChildFailed` if it fails."""
+    async def run(self, task: Task[Any, Any] | BoundTask, *args: Any, **kwargs: Any) -> Any:
+        """Spawn a child run and wait for its result; raises :class:`ChildFailed` if it fails.
+        ``task`` may be ``task.options(...)`` (see :meth:`spawn`)."""
         return await self.spawn(task, *args, **kwargs)
 
     async def gather(self, *children: Child) -> list[Any]:
@@ -310,11 +315,20 @@ class DurableContext:
         return await self._run.wait_event(seq, key, wake_in)
 
 
-def task_options() -> Any:
-    """Default per-call options for children (a hook for future per-child options)."""
-    from .tasks import CallOptions
+def task_options(target: Any) -> tuple[Task[Any, Any], CallOptions]:
+    """The task of a child and its per-child options: ``target`` is a task, or a task with
+    options (``task.options(...)``); anything else is refused."""
+    from .tasks import BoundTask, CallOptions, Task
 
-    return CallOptions()
+    if isinstance(target, BoundTask):
+        return target.task, target.opts
+    if isinstance(target, Task):
+        return target, CallOptions()
+    what = getattr(target, "__qualname__", None) or type(target).__name__
+    raise TypeError(
+        "ctx.run and ctx.spawn take a task (registered with @app.task or @app.durable_task) or "
+        f"task.options(...), not {what!r}: register it as a task, or call it with ctx.step"
+    )
 
 
 def _replayed(entry: Entry) -> Any:
@@ -356,7 +370,7 @@ class SyncDurableContext:
         """See :meth:`DurableContext.transaction`."""
         return self._call(self._ctx.transaction(fn, *args, name=name))
 
-    def spawn(self, task: Task[Any, Any], *args: Any, **kwargs: Any) -> Child:
+    def spawn(self, task: Task[Any, Any] | BoundTask, *args: Any, **kwargs: Any) -> Child:
         """See :meth:`DurableContext.spawn`."""
 
         async def spawn() -> Child:
@@ -366,7 +380,7 @@ class SyncDurableContext:
 
         return self._call(spawn())
 
-    def run(self, task: Task[Any, Any], *args: Any, **kwargs: Any) -> Any:
+    def run(self, task: Task[Any, Any] | BoundTask, *args: Any, **kwargs: Any) -> Any:
         """See :meth:`DurableContext.run`."""
         return self._call(self._ctx.run(task, *args, **kwargs))
 
