@@ -442,7 +442,8 @@ class StoreMachine(RuleBasedStateMachine):
             f"{[r.id for r in expected]} (priority DESC, id)"
         )
         for run in expected:
-            _, task, _, attempt, failures, max_retries, has_log, _ = got[run.id]
+            _, task, _, attempt, failures, max_retries, has_log, _, deadline_in = got[run.id]
+            assert deadline_in is None  # none of these runs has a run deadline
             assert (task, attempt, failures, max_retries) == (
                 run.task,
                 run.attempt + 1,
