@@ -229,3 +229,31 @@ def test_sweep_cost_does_not_grow_with_event_history(
     # One new event wakes them all: the old ones are skipped, not lost.
     db.execute(f"INSERT INTO {s}.events (key, payload) VALUES ('reused', '1')")
     assert sweep(store) == (0, 0, 50)
+
+
+def test_20000_timers_due_at_once_are_woken_in_bounded_claims(
+    qapp: durably.App, store: Store, schema: str, db: psycopg.Connection[Any]
+) -> None:
+    n = 20_000
+
+    @qapp.durable_task(name="napper")
+    async def napper(ctx: durably.DurableContext) -> int:
+        return 1
+
+    db.execute(
+        f'INSERT INTO "{schema}".runs (task, queue, args, durable, status, wake_at)'
+        f" SELECT 'napper', 'default', '{{\"args\": [], \"kwargs\": {{}}}}', true, 'WAITING',"
+        " now() - interval '1 second' FROM generate_series(1, %s)",
+        (n,),
+    )
+    # One claim wakes a bounded batch of the due timers, not all 20,000 in one statement.
+    claim = store.claim(str(uuid.uuid4()), ["default"], ["napper"], 1, 30.0, durable=True)
+    rows = store.loop.run_until_complete(claim)  # type: ignore[attr-defined]
+    markers = [row for row in rows if row[1] is None]
+    assert 0 < len(markers) <= 1000
+    assert statuses(db, schema)["WAITING"] == n - len(markers)
+    # A worker still wakes and runs every one of them.
+    with qapp.worker(durable_slots=500):
+        wait_until(
+            lambda: statuses(db, schema)["COMPLETED"] == n, timeout=120, what="all timers run"
+        )

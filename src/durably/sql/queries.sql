@@ -85,18 +85,26 @@ SELECT idempotency_key, id FROM {schema}.runs
 WHERE task = %(task)s AND idempotency_key = ANY(%(keys)s::text[]);
 
 -- name: claim
--- Also wakes WAITING runs of these tasks whose timer is due; they come back as marker rows
--- (task NULL) and are claimed by the next claim. The record placeholder after `claimed` is
+-- Also wakes WAITING runs of these tasks whose timer is due, the 1000 most overdue per claim
+-- (20,000 timers due at once are woken over 20 claims, each short), skipping rows another
+-- statement holds (a cancel, the sweeper) instead of waiting for them; they come back as marker
+-- rows (task NULL) and are claimed by the next claim. The record placeholder after `claimed` is
 -- empty, or under flow control `claim_record_flow`. Times are the statement's: under flow control
 -- the claim runs in a transaction that first waits for its turn, so `now()` (when that
 -- transaction began) could date a start before an earlier claim's; rate windows need them in order.
-WITH woken AS (
-    UPDATE {schema}.runs
-    SET status = 'QUEUED', run_at = statement_timestamp(), wake_at = NULL, wait_children = NULL,
-        wait_event = NULL
+WITH due_timers AS (
+    SELECT id FROM {schema}.runs
     WHERE status = 'WAITING' AND wake_at <= statement_timestamp()
       AND queue = ANY(%(queues)s::text[]) AND task = ANY(%(tasks)s::text[])
-    RETURNING id
+    ORDER BY wake_at
+    LIMIT 1000
+    FOR UPDATE SKIP LOCKED
+), woken AS (
+    UPDATE {schema}.runs r
+    SET status = 'QUEUED', run_at = statement_timestamp(), wake_at = NULL, wait_children = NULL,
+        wait_event = NULL
+    FROM due_timers d WHERE r.id = d.id
+    RETURNING r.id
 ), picked AS (
     {pick}
 ), claimed AS (
