@@ -254,3 +254,46 @@ def test_a_transaction_whose_connection_breaks_is_handed_back(
         assert fragile.enqueue().result(timeout=20) == 2
     assert runs(db, schema) == {"fragile": [("COMPLETED", 2, 1)]}
     assert executions(db, schema) == {"transaction": 1}
+
+
+def test_a_blocked_event_loop_loses_no_run_whose_lease_is_valid(
+    make_app: Callable[..., durably.App], db: psycopg.Connection[Any], schema: str, tables: None
+) -> None:
+    """An async task that blocks its worker's event loop for 5 s (a sync call inside ``async
+    def``) stops that worker's heartbeats: another worker's sweeper marks it stopped after 2 s.
+    But it still holds its lock (alive and connected), so the run it executes beside the blocker,
+    whose 15 s lease is valid, is not taken from it: it executes once, attempt 1."""
+    app = make_app()
+    app.migrate()
+    sweeper = make_app()
+
+    @app.task(name="blocker", queue="a")
+    async def blocker() -> str:
+        time.sleep(5.0)  # blocks the event loop: heartbeats, sweeps, everything stops
+        return "unblocked"
+
+    @app.task(name="counted", queue="a")
+    def counted() -> str:
+        db_conn = psycopg.connect(app.url, autocommit=True)
+        with db_conn:
+            db_conn.execute(f"INSERT INTO \"{schema}\".executions VALUES ('counted')")
+        time.sleep(7.0)
+        return "once"
+
+    @sweeper.task(name="idle", queue="b")
+    def idle() -> None: ...
+
+    lively = {"lease": 15.0, "dead_after": 2.0, "heartbeat_interval": 0.5, "sweep_interval": 0.2}
+    watch = WorkerWatch(db, schema)
+    with sweeper.worker(**lively), app.worker(slots=4, **lively):
+        run = counted.enqueue()
+        deadline = time.monotonic() + 10
+        while executions(db, schema).get("counted") != 1:
+            assert time.monotonic() < deadline, "counted never started"
+            time.sleep(0.05)
+        blocked = blocker.enqueue()
+        watch.until(all_ended(db, schema), timeout=40)
+        assert run.result(timeout=1) == "once" and blocked.result(timeout=1) == "unblocked"
+    assert watch.stopped, "the blocked worker was never marked stopped: the test proves nothing"
+    assert executions(db, schema) == {"counted": 1}
+    assert runs(db, schema)["counted"] == [("COMPLETED", 1, 0)]

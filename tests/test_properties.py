@@ -748,12 +748,14 @@ class StoreMachine(RuleBasedStateMachine):
         for w in self.workers.values():
             if w.row_alive and (w.stale_heartbeat or w.conn is None):
                 w.row_alive = False
-        alive_rows = {w.id for w in self.workers.values() if w.row_alive}
+        # A worker marked stopped for a stale heartbeat that still holds its lock only lost the
+        # runs whose lease expired; one whose lock is gone lost them all.
+        alive = {w.id for w in self.workers.values() if w.row_alive or w.conn is not None}
         orphans = [
             r
             for r in self.runs.values()
             if r.status == "RUNNING"
-            and (r.lease_expired or r.worker not in alive_rows)
+            and (r.lease_expired or r.worker not in alive)
             and r.id not in locked
         ]
         for r in orphans:

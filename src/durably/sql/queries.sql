@@ -497,15 +497,26 @@ WHERE stopped_at IS NULL
 RETURNING id;
 
 -- name: sweep_orphans
--- Runs whose lease expired or whose worker died go back to the queue with a new attempt
+-- Runs whose lease expired or whose worker is gone go back to the queue with a new attempt
 -- (the claim bumps it), up to max_recoveries; recovery does not consume the retry budget.
--- At most `limit` runs per statement: the sweeper repeats it while batches come back full.
-WITH orphan AS (
+-- A worker is gone when it is marked stopped and its session no longer holds its lock (killed,
+-- disconnected). One marked stopped for a stale heartbeat but still holding its lock is alive
+-- and connected, only slow (its event loop blocked by a task, the process paused): its runs are
+-- recovered when their leases expire, never before, so no run executes twice while its lease is
+-- valid. At most `limit` runs per statement: the sweeper repeats it while batches come back full.
+WITH live_locks AS MATERIALIZED (
+    SELECT l.objid FROM pg_locks l
+    WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND l.classid = %(namespace)s::oid
+), orphan AS (
     SELECT r.id FROM {schema}.runs r
     WHERE r.status = 'RUNNING'
       AND (r.lease_expires_at < now()
            OR NOT EXISTS (SELECT 1 FROM {schema}.workers w
-                          WHERE w.id = r.worker_id AND w.stopped_at IS NULL))
+                          WHERE w.id = r.worker_id
+                            AND (w.stopped_at IS NULL
+                                 OR w.lock_id::oid IN (SELECT objid FROM live_locks))))
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ), recovered AS (
