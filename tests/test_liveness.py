@@ -297,3 +297,29 @@ def test_a_blocked_event_loop_loses_no_run_whose_lease_is_valid(
     assert watch.stopped, "the blocked worker was never marked stopped: the test proves nothing"
     assert executions(db, schema) == {"counted": 1}
     assert runs(db, schema)["counted"] == [("COMPLETED", 1, 0)]
+
+
+def test_the_sync_api_in_an_async_task_is_refused_instead_of_freezing_the_worker(
+    app: durably.App,
+) -> None:
+    """``child.enqueue(...).result()`` inside ``async def`` would block the worker's event loop
+    until its timeout (the child could never be claimed by this worker meanwhile): it raises at
+    once, saying what to call instead, and the worker goes on serving."""
+
+    @app.task(name="child")
+    def child(x: int) -> int:
+        return x * 2
+
+    @app.task(name="blocking_parent", retries=0)
+    async def blocking_parent() -> int:
+        return int(child.enqueue(21).result(timeout=30))
+
+    @app.task(name="async_parent")
+    async def async_parent() -> int:
+        handle = await child.enqueue_async(21)
+        return int(await handle.result_async(timeout=30))
+
+    with app.worker(slots=2):
+        with pytest.raises(durably.RunFailed, match="await the async twin instead"):
+            blocking_parent.enqueue().result(timeout=10)
+        assert async_parent.enqueue().result(timeout=10) == 42

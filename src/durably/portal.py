@@ -33,9 +33,28 @@ class Portal:
         if threading.current_thread() is self._thread:
             coro.close()
             raise RuntimeError("durably's sync API cannot be called from its own event loop")
+        if _in_async_task():
+            coro.close()
+            raise RuntimeError(
+                "an async task called durably's sync API, which would block its worker's event "
+                "loop (heartbeats, claims, every other run): await the async twin instead, e.g. "
+                "await task.enqueue_async(...), await handle.result_async()"
+            )
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     def stop(self) -> None:
         """Stop the loop; the thread ends."""
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=5)
+
+
+def _in_async_task() -> bool:
+    """True inside an ``async def`` task run by a worker: a run is current and this thread runs
+    an event loop (a sync task runs on a thread of its own, where blocking is harmless)."""
+    from .context import CURRENT_RUN  # the portal sits below the task API
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return CURRENT_RUN.get() is not None
