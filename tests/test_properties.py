@@ -707,7 +707,7 @@ class StoreMachine(RuleBasedStateMachine):
         params = self.suspend_params(worker, ex)
         children: list[int] = params["children"]
         status = self.run(self.store.suspend(params)) if answer is None else answer[0]
-        ready = any(self.runs[c].status in TERMINAL for c in children)
+        ready = bool(children) and all(self.runs[c].status in TERMINAL for c in children)
         expected = None if not held else "QUEUED" if ready else "WAITING"
         assert status == expected, f"suspend of run {ex.run} on {children}"
         if not held:
@@ -767,13 +767,14 @@ class StoreMachine(RuleBasedStateMachine):
                 self.seen("recovered: QUEUED")
             r.recoveries += 1
             r.worker, r.lease_expired = None, False
-        # The wake-up backstop: WAITING runs one of whose children ended, whatever ended it
+        # The wake-up backstop: WAITING runs all of whose children ended, whatever ended them
         # (cancel, WorkerLost, a child of another run: a fork waits for its source's children).
         woken = [
             r
             for r in self.runs.values()
             if r.status == "WAITING"
-            and any(self.runs[c].status in TERMINAL for c in r.wait_children or [])
+            and bool(r.wait_children)
+            and all(self.runs[c].status in TERMINAL for c in r.wait_children or [])
         ]
         for r in woken:
             r.queue_now()

@@ -257,3 +257,26 @@ def test_20000_timers_due_at_once_are_woken_in_bounded_claims(
         wait_until(
             lambda: statuses(db, schema)["COMPLETED"] == n, timeout=120, what="all timers run"
         )
+
+
+def test_a_parent_gathering_many_children_is_woken_once_they_all_ended(
+    qapp: durably.App, db: psycopg.Connection[Any], schema: str
+) -> None:
+    """A parent suspended on 100 children that end one by one is queued again once all of them
+    ended, not at each one's end (each wake re-executes it against its log only to suspend it
+    again): its attempts stay a handful, not one per child."""
+
+    @qapp.task(name="slow_child")
+    async def slow_child(i: int) -> int:
+        await asyncio.sleep(0.05 * (i % 20))
+        return i
+
+    @qapp.durable_task(name="gatherer")
+    async def gatherer(ctx: durably.DurableContext, n: int) -> int:
+        results = await ctx.gather(*[ctx.spawn(slow_child, i) for i in range(n)])
+        return sum(results)
+
+    with qapp.worker(slots=5, evict_after=0.1, sweep_interval=0.2):
+        assert gatherer.enqueue(100).result(timeout=60) == sum(range(100))
+    row = db.execute(f"SELECT attempt FROM \"{schema}\".runs WHERE task = 'gatherer'").fetchone()
+    assert row is not None and row[0] <= 4, f"the parent executed {row[0]} times"

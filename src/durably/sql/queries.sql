@@ -837,8 +837,12 @@ SET status = CASE WHEN ready.yes THEN 'QUEUED' ELSE 'WAITING' END,
     wait_event = %(event)s
 FROM (SELECT
         COALESCE(%(wake_in)s <= 0, false)
-        OR EXISTS (SELECT 1 FROM {schema}.runs c WHERE c.id = ANY(%(children)s::bigint[])
-                   AND c.status IN ('COMPLETED', 'FAILED', 'CANCELLED'))
+        -- Every child waited for ended (as `finish` wakes a parent): one ended among many
+        -- would only re-execute the parent to suspend it again.
+        OR (COALESCE(cardinality(%(children)s::bigint[]) > 0, false)
+            AND NOT EXISTS (SELECT 1 FROM {schema}.runs c
+                            WHERE c.id = ANY(%(children)s::bigint[])
+                              AND c.status NOT IN ('COMPLETED', 'FAILED', 'CANCELLED')))
         -- The first event not taken yet, read from the run's creation on (see log_take_event);
         -- in a subquery with its own LIMIT so EXISTS keeps the ordered index scan.
         OR EXISTS (SELECT 1 FROM (
@@ -856,8 +860,8 @@ WHERE r.id = %(run_id)s AND r.attempt = %(attempt)s AND r.worker_id = %(worker_i
 RETURNING r.status;
 
 -- name: sweep_wake_ready
--- Backstop for wake-ups that raced with a suspension: WAITING runs whose child ended or whose
--- event arrived go back to the queue, at most `limit` per statement. (Timers are woken by the
+-- Backstop for wake-ups that raced with a suspension: WAITING runs whose children all ended
+-- (as `finish` wakes them) or whose event arrived go back to the queue, at most `limit` per statement. (Timers are woken by the
 -- claim itself.) Events are read from the run's creation on (events_key_created), so a key's
 -- history costs nothing; the inner LIMIT keeps that ordered index scan (under a bare EXISTS the
 -- planner may pick a sequential scan of all events, thinking the first row comes early).
@@ -865,8 +869,9 @@ WITH ready AS (
     SELECT r.id FROM {schema}.runs r
     WHERE r.status = 'WAITING'
       AND (r.wait_children IS NOT NULL OR r.wait_event IS NOT NULL)
-      AND (EXISTS (SELECT 1 FROM {schema}.runs c WHERE c.id = ANY(r.wait_children)
-                   AND c.status IN ('COMPLETED', 'FAILED', 'CANCELLED'))
+      AND ((cardinality(r.wait_children) > 0
+            AND NOT EXISTS (SELECT 1 FROM {schema}.runs c WHERE c.id = ANY(r.wait_children)
+                            AND c.status NOT IN ('COMPLETED', 'FAILED', 'CANCELLED')))
            OR (r.wait_event IS NOT NULL AND EXISTS (SELECT 1 FROM (
                SELECT e.id FROM {schema}.events e
                WHERE e.key = r.wait_event AND e.created_at >= r.created_at
