@@ -19,7 +19,7 @@ from .flow import QueueLimits, Rate, check_limit
 from .notify import Listener, Waiters
 from .portal import Portal
 from .schedules import Schedule
-from .serde import check_text, encode_result
+from .serde import check_text, encode_value
 from .store import LATEST_VERSION, Store, check_schema_name, connect
 from .tasks import Run, RunHandle, Task, TaskOptions
 
@@ -272,7 +272,7 @@ class App:
         check_text(key, "event key")
         store = await self.store()
         return await store.push_event(
-            key, encode_result(f"event {key!r}", payload, self.max_payload)
+            key, encode_value(payload, f"the payload of event {key!r}", self.max_payload)
         )
 
     def push_event(self, key: str, payload: Any = None) -> int:

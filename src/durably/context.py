@@ -17,6 +17,7 @@ import asyncio
 import contextvars
 import hashlib
 import inspect
+import json
 import random as _random
 import uuid
 from collections.abc import Awaitable, Callable, Generator
@@ -24,9 +25,19 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import pydantic
+
 from . import telemetry
-from .errors import ChildFailed, NonDeterminismError, StepFailed
-from .serde import dumps, error_dict
+from .errors import ChildFailed, NonDeterminismError, NotSerializable, StepFailed
+from .serde import (
+    ReturnType,
+    as_stored,
+    dumps,
+    encode_value,
+    error_dict,
+    first_problem,
+    return_type,
+)
 
 if TYPE_CHECKING:
     from .durable import DurableRun
@@ -115,6 +126,7 @@ class DurableContext:
     def __init__(self, run: DurableRun) -> None:
         self._run = run
         self._next_seq = 0
+        self._child_returns: dict[int, ReturnType] = {}  # seq -> the child task's return type
 
     @property
     def run_id(self) -> int:
@@ -143,10 +155,12 @@ class DurableContext:
     # -- replay --------------------------------------------------------------------------------
 
     def _lookup(self, kind: str, name: str, input_value: Any) -> tuple[int, str, str, Entry | None]:
-        """Take the next sequence number; return the recorded entry there, if any."""
+        """Take the next sequence number; return the recorded entry there, if any. An input
+        that cannot be recorded raises NotSerializable or PayloadTooLarge."""
+        what = f"the input of {kind} {name!r}"
+        input_json = encode_value(input_value, what, self._max_payload, sort_keys=True)
         seq = self._next_seq
         self._next_seq += 1
-        input_json = canonical(input_value)
         key = operation_key(kind, name, input_json)
         entry = self._run.log.get(seq)
         if entry is not None and entry.key != key:
@@ -160,6 +174,26 @@ class DurableContext:
             raise error
         return seq, key, input_json, entry
 
+    @property
+    def _max_payload(self) -> int:
+        return self._run.worker.app.max_payload
+
+    def _encode_result(self, kind: str, name: str, value: Any, returns: ReturnType) -> str:
+        """Encode what a step or transaction returned, refusing (NotSerializable,
+        PayloadTooLarge) what could not be recorded and handed back the same on re-execution."""
+        what = f"the result of {kind} {name!r}"
+        encoded = encode_value(value, what, self._max_payload)
+        if returns.adapter is not None:
+            try:
+                returns.decode(json.loads(encoded))
+            except pydantic.ValidationError as exc:
+                raise NotSerializable(
+                    f"{what} ({type(value).__name__}) does not rebuild from JSON into its "
+                    f"declared return type {returns.name} ({first_problem(exc)}): return a "
+                    f"{returns.name}, or change the annotation"
+                ) from None
+        return encoded
+
     # -- steps ---------------------------------------------------------------------------------
 
     async def step(
@@ -169,18 +203,23 @@ class DurableContext:
         result. Exceptions are retried ``retries`` times; a final failure is recorded and raised
         as :class:`StepFailed` (here and on every re-execution)."""
         step_name = name or str(getattr(fn, "__qualname__", repr(fn)))
-        seq, key, _, entry = self._lookup("step", step_name, list(args))
+        returns = _returns("step", step_name, fn)
+        seq, key, input_json, entry = self._lookup("step", step_name, list(args))
         if entry is not None:
-            return _replayed(entry)
+            return _decoded("step", step_name, returns, _replayed(entry))
         token = _step_key.set(f"{self.run_id}:{seq}")
         try:
             value, error = await self._call_with_retries(fn, args, retries)
         finally:
             _step_key.reset(token)
-        await self._run.append(seq, "step", step_name, key, list(args), value, error)
+        encoded = (
+            None if error is not None else self._encode_result("step", step_name, value, returns)
+        )
+        stored = await self._run.append(seq, "step", step_name, key, input_json, encoded, error)
         if error is not None:
             raise StepFailed(f"step {step_name!r} failed: {error['type']}: {error['message']}")
-        return value
+        # What Postgres gave back, as a re-execution will read it: the same value both times.
+        return _decoded("step", step_name, returns, stored)
 
     async def _call_with_retries(
         self, fn: Callable[..., Any], args: tuple[Any, ...], retries: int
@@ -202,20 +241,30 @@ class DurableContext:
         effect in this database happens exactly once. ``fn`` is async and gets a
         ``psycopg.AsyncConnection``, or sync and gets a ``psycopg.Connection``."""
         step_name = name or str(getattr(fn, "__qualname__", repr(fn)))
+        returns = _returns("transaction", step_name, fn)
         seq, key, _, entry = self._lookup("transaction", step_name, list(args))
         if entry is not None:
-            return _replayed(entry)
-        return await self._run.transaction(seq, step_name, key, fn, args)
+            return _decoded("transaction", step_name, returns, _replayed(entry))
+        stored: list[Any] = []
+
+        def encode(value: Any) -> str:
+            # Inside the transaction: a refusal rolls back fn's writes with the entry.
+            encoded = self._encode_result("transaction", step_name, value, returns)
+            stored.append(as_stored(encoded))
+            return encoded
+
+        await self._run.transaction(seq, step_name, key, fn, args, encode)
+        return _decoded("transaction", step_name, returns, stored[0])
 
     # -- recorded values -----------------------------------------------------------------------
 
     async def now(self) -> datetime:
         """The database's current time, recorded once."""
-        seq, key, _, entry = self._lookup("now", "now", None)
+        seq, key, input_json, entry = self._lookup("now", "now", None)
         value = (
             entry.result
             if entry is not None
-            else await self._run.append(seq, "now", "now", key, None, None, None)
+            else await self._run.append(seq, "now", "now", key, input_json, None, None)
         )
         return datetime.fromtimestamp(float(value), UTC)
 
@@ -228,12 +277,11 @@ class DurableContext:
         return float(await self._recorded("random", _random.random))
 
     async def _recorded(self, kind: str, make: Callable[[], Any]) -> Any:
-        seq, key, _, entry = self._lookup(kind, kind, None)
+        seq, key, input_json, entry = self._lookup(kind, kind, None)
         if entry is not None:
             return entry.result
-        value = make()
-        await self._run.append(seq, kind, kind, key, None, value, None)
-        return value
+        encoded = dumps(make())
+        return await self._run.append(seq, kind, kind, key, input_json, encoded, None)
 
     # -- children ------------------------------------------------------------------------------
 
@@ -249,6 +297,7 @@ class DurableContext:
             "child", task.name, {"args": list(args), "kwargs": kwargs}
         )
         self._run.child_names[seq] = task.name
+        self._child_returns[seq] = task.signature.returns
         loop = asyncio.get_running_loop()
         if entry is not None and entry.child_id is not None:
             recorded: asyncio.Future[int] = loop.create_future()
@@ -268,7 +317,7 @@ class DurableContext:
         ids = [await child.id() for child in children]
         outcomes = await self._run.wait_children([c.seq for c in children], ids)
         results = []
-        for child_id, (status, result, error) in zip(ids, outcomes, strict=True):
+        for child, child_id, (status, result, error) in zip(children, ids, outcomes, strict=True):
             if status != "COMPLETED":
                 err = error or {"type": status, "message": ""}
                 what = f"{err.get('type')}: {err.get('message')}"
@@ -277,7 +326,9 @@ class DurableContext:
                     child_id=child_id,
                     error=err,
                 )
-            results.append(result)
+            returns = self._child_returns.get(child.seq)
+            name = self._run.child_names.get(child.seq, "")
+            results.append(result if returns is None else _decoded("child", name, returns, result))
         return results
 
     # -- waits ---------------------------------------------------------------------------------
@@ -329,6 +380,29 @@ def task_options(target: Any) -> tuple[Task[Any, Any], CallOptions]:
         "ctx.run and ctx.spawn take a task (registered with @app.task or @app.durable_task) or "
         f"task.options(...), not {what!r}: register it as a task, or call it with ctx.step"
     )
+
+
+def _returns(kind: str, name: str, fn: Any) -> ReturnType:
+    """``fn``'s declared return type; refuses one that no JSON value could be rebuilt into,
+    before anything runs."""
+    returns = return_type(fn)
+    if returns.problem is not None:
+        raise NotSerializable(
+            f"{kind} {name!r} declares the return type {returns.name}, which cannot be rebuilt "
+            f"from JSON ({returns.problem}): declare JSON types, dataclasses or pydantic models"
+        )
+    return returns
+
+
+def _decoded(kind: str, name: str, returns: ReturnType, value: Any) -> Any:
+    """A recorded result, rebuilt into its declared return type."""
+    try:
+        return returns.decode(value)
+    except pydantic.ValidationError as exc:
+        raise NotSerializable(
+            f"the recorded result of {kind} {name!r} does not rebuild into its declared return "
+            f"type {returns.name} ({first_problem(exc)}): declare the type it was recorded with"
+        ) from None
 
 
 def _replayed(entry: Entry) -> Any:

@@ -108,17 +108,18 @@ class DurableRun:
     # -- appends -------------------------------------------------------------------------------
 
     async def _append(
-        self, seq: int, kind: str, name: str, key: str, input_value: Any, **fields: Any
+        self, seq: int, kind: str, name: str, key: str, input_json: str, **fields: Any
     ) -> tuple[Any, ...]:
         """Append one entry, fenced; returns (stored result, seconds until its wake time).
-        ``fields`` overrides result, error, sleep (seconds) and done."""
+        ``input_json`` is the encoded input; ``fields`` overrides result (encoded), error,
+        sleep (seconds) and done."""
         params = {
             **self._fence(),
             "seq": seq,
             "kind": kind,
             "name": name,
             "key": key,
-            "input": dumps(input_value),
+            "input": input_json,
             "result": None,
             "error": None,
             "sleep": None,
@@ -137,18 +138,19 @@ class DurableRun:
         kind: str,
         name: str,
         key: str,
-        input_value: Any,
-        result: Any,
+        input_json: str,
+        result_json: str | None,
         error: dict[str, Any] | None,
     ) -> Any:
-        """Append a finished entry; returns the stored result."""
+        """Append a finished entry (input and result already encoded, and checked against the
+        payload limit); returns the stored result, as Postgres gives it back."""
         row = await self._append(
             seq,
             kind,
             name,
             key,
-            input_value,
-            result=None if result is None else dumps(result),
+            input_json,
+            result=result_json,
             error=None if error is None else dumps(error),
             done=True,
         )
@@ -157,7 +159,7 @@ class DurableRun:
     async def append_sleep(self, seq: int, key: str, seconds: float) -> float:
         """Record a timer; returns the seconds left (database clock)."""
         row = await self._append(
-            seq, "sleep", "sleep", key, {"seconds": seconds}, sleep=float(seconds)
+            seq, "sleep", "sleep", key, dumps({"seconds": seconds}), sleep=float(seconds)
         )
         return float(row[1])
 
@@ -170,7 +172,7 @@ class DurableRun:
             "event",
             event,
             key,
-            {"key": event, "timeout": timeout},
+            dumps({"key": event, "timeout": timeout}),
             sleep=None if timeout is None else float(timeout),
         )
         return None if row[1] is None else float(row[1])
@@ -219,9 +221,16 @@ class DurableRun:
         return child_id
 
     async def transaction(
-        self, seq: int, name: str, key: str, fn: Callable[..., Any], args: tuple[Any, ...]
+        self,
+        seq: int,
+        name: str,
+        key: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        encode: Callable[[Any], str] = dumps,
     ) -> Any:
-        """Run ``fn(conn, *args)`` and record its result in the same transaction."""
+        """Run ``fn(conn, *args)`` and record its result, encoded by ``encode``, in the same
+        transaction: an error from ``encode`` rolls back ``fn``'s writes too."""
         params = {
             **self._fence(),
             "seq": seq,
@@ -238,7 +247,7 @@ class DurableRun:
         self._no_transaction.clear()
         try:
             async with self._transaction_turn:
-                held, value = await self._db(self._in_transaction(params, fn, args))
+                held, value = await self._db(self._in_transaction(params, fn, args, encode))
         except UserCodeFailed as failure:
             error: Exception | None = failure.error
         else:
@@ -254,12 +263,18 @@ class DurableRun:
         return value
 
     async def _in_transaction(
-        self, params: dict[str, Any], fn: Callable[..., Any], args: tuple[Any, ...]
+        self,
+        params: dict[str, Any],
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        encode: Callable[[Any], str],
     ) -> tuple[bool, Any]:
         if asyncio.iscoroutinefunction(fn):
-            return await self.store.in_transaction(params, fn, args, dumps)
-        run = self.store.in_transaction_sync
-        return await asyncio.to_thread(run, params, fn, args, dumps)
+            return await self.store.in_transaction(params, fn, args, encode)
+        # On the worker's own threads, not the loop's small default pool: user code that hangs
+        # there would starve every other sync step of the worker.
+        call = functools.partial(self.store.in_transaction_sync, params, fn, args, encode)
+        return await asyncio.get_running_loop().run_in_executor(self.worker.threads, call)
 
     # -- waits ---------------------------------------------------------------------------------
 

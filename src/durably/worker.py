@@ -38,6 +38,7 @@ from .errors import (
     NonDeterminismError,
     NonRetryableError,
     NotSerializable,
+    PayloadTooLarge,
 )
 from .notify import Listener, Waiters
 from .schedules import fire_schedules
@@ -53,6 +54,9 @@ log = logging.getLogger("durably.worker")
 
 _FLUSH_BATCH = 500  # outcomes per statement: bounds its arrays and its transaction
 _DB_ERRORS = (psycopg.Error, DurablyError, OSError)
+
+# Errors that fail a run at once: retrying would raise them again.
+_FINAL = (NonRetryableError, NotSerializable, PayloadTooLarge, NonDeterminismError)
 
 
 @dataclass
@@ -451,8 +455,8 @@ class Worker:
     def _failure(self, ex: _Execution, exc: BaseException) -> Outcome:
         error = error_json(exc)
         final = (
-            isinstance(exc, NonRetryableError | NotSerializable | NonDeterminismError)
-            or ex.failures >= ex.max_retries
+            # A refused value would be refused again (same code, same value): no retry.
+            isinstance(exc, _FINAL) or ex.failures >= ex.max_retries
         )
         log.info(
             "run %s (%s) attempt %s failed: %s",
