@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import hashlib
 import inspect
 import json
@@ -32,6 +33,7 @@ from .errors import ChildFailed, NonDeterminismError, NotSerializable, StepFaile
 from .serde import (
     ReturnType,
     as_stored,
+    check_text,
     dumps,
     encode_value,
     error_dict,
@@ -145,11 +147,14 @@ class DurableContext:
 
     @property
     def idempotency_key(self) -> str:
-        """Inside a step: ``"<run id>:<sequence>"``, the same on every re-execution of that step,
-        to pass to external services so that at-least-once becomes effectively-once."""
+        """Inside a step or a transaction: ``"<run id>:<sequence>"``, the same on every
+        re-execution of that step, to pass to external services so that at-least-once becomes
+        effectively-once."""
         key = _step_key.get()
         if key is None:
-            raise RuntimeError("ctx.idempotency_key is only defined inside ctx.step(...)")
+            raise RuntimeError(
+                "ctx.idempotency_key is only defined inside ctx.step(...) or ctx.transaction(...)"
+            )
         return key
 
     # -- replay --------------------------------------------------------------------------------
@@ -157,6 +162,15 @@ class DurableContext:
     def _lookup(self, kind: str, name: str, input_value: Any) -> tuple[int, str, str, Entry | None]:
         """Take the next sequence number; return the recorded entry there, if any. An input
         that cannot be recorded raises NotSerializable or PayloadTooLarge."""
+        if self._run.suspending is not None:  # user code caught the suspension: raise it again
+            raise self._run.suspending
+        inside = _step_key.get()
+        if inside is not None and inside.startswith(f"{self.run_id}:"):
+            raise RuntimeError(
+                f"ctx.{kind}() was called inside a step or transaction of run {self.run_id}: "
+                "a re-execution replays that step without calling it, so the operation would "
+                "vanish from the order of operations; call it from the workflow function instead"
+            )
         what = f"the input of {kind} {name!r}"
         input_json = encode_value(input_value, what, self._max_payload, sort_keys=True)
         seq = self._next_seq
@@ -228,8 +242,11 @@ class DurableContext:
             try:
                 if inspect.iscoroutinefunction(fn):
                     return await fn(*args), None
-                ctx = contextvars.copy_context()
-                return await asyncio.to_thread(ctx.run, fn, *args), None
+                # On the worker's own threads (which carry this context), not the loop's small
+                # default pool: steps that hang there would starve every sync step of the worker.
+                threads = self._run.worker.threads
+                call = functools.partial(fn, *args)
+                return await asyncio.get_running_loop().run_in_executor(threads, call), None
             except Exception as exc:
                 if attempt == retries:
                     return None, error_dict(exc)
@@ -253,7 +270,12 @@ class DurableContext:
             stored.append(as_stored(encoded))
             return encoded
 
-        await self._run.transaction(seq, step_name, key, fn, args, encode)
+        # Like a step's: ctx.idempotency_key is defined inside, ctx operations are refused.
+        token = _step_key.set(f"{self.run_id}:{seq}")
+        try:
+            await self._run.transaction(seq, step_name, key, fn, args, encode)
+        finally:
+            _step_key.reset(token)
         return _decoded("transaction", step_name, returns, stored[0])
 
     # -- recorded values -----------------------------------------------------------------------
@@ -356,6 +378,7 @@ class DurableContext:
 
         Sees the first event with that key pushed after this run was created and not taken by an
         earlier wait of this run. Raises TimeoutError after ``timeout`` seconds (recorded too)."""
+        check_text(key, "the event key")  # one push_event would refuse could never arrive
         seq, log_key, _, entry = self._lookup("event", key, None)
         if entry is None:
             wake_in = await self._run.append_wait(seq, log_key, key, timeout)

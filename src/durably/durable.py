@@ -39,6 +39,12 @@ class DurableRun:
         self.lost = False
         # The connection error that cut this attempt off from the database, if any.
         self.interrupted: BaseException | None = None
+        # The suspension this execution started, if any: once raised, every later operation
+        # raises it again and the run suspends, even if user code caught it (a bare except:).
+        self.suspending: Suspend | None = None
+        # Children whose end this execution recorded (seq -> outcome): awaited again, they
+        # answer from here, not by completing their entry a second time.
+        self.observed: dict[int, tuple[str, Any, Any]] = {}
         # Open ctx.transactions hold the run's row lock: they take turns (see log_hold), and
         # the attempt's suspension and outcome, which would wait for that lock on one of the
         # engine's connections, are written only once none is open.
@@ -68,6 +74,10 @@ class DurableRun:
                 sync_ctx = SyncDurableContext(ctx, loop)
                 call = functools.partial(self.task.fn, sync_ctx, *args, **kwargs)
                 value = await loop.run_in_executor(self.worker.threads, call)
+        except BaseException:
+            if self.suspending is None or self.nondeterminism is not None:
+                raise
+            value = None  # whatever user code raised after it caught the suspension
         finally:
             # A transaction the function left running (gathered beside an operation that
             # raised, or a sync one past the task's timeout) ends before the outcome is written.
@@ -75,6 +85,8 @@ class DurableRun:
                 await self._no_transaction.wait()
         if self.nondeterminism is not None:  # raised into user code, which may have caught it
             raise self.nondeterminism
+        if self.suspending is not None:  # raised into user code, which may have caught it
+            raise self.suspending
         if self.lost:
             raise LeaseLost(f"run {self.run_id} attempt {self.attempt} lost its lease")
         if self.interrupted is not None:  # raised into user code, which may have caught it
@@ -279,6 +291,8 @@ class DurableRun:
     # -- waits ---------------------------------------------------------------------------------
 
     def _recorded_child(self, seq: int) -> tuple[str, Any, Any] | None:
+        if seq in self.observed:
+            return self.observed[seq]
         entry = self.log.get(seq)
         if entry is None or not entry.done:
             return None
@@ -305,7 +319,7 @@ class DurableRun:
                         stored = None if error is None else {**error, "status": status}
                         await self.complete(seq, result, stored)
                         failpoints.hit("after_observe", self.child_names.get(seq, ""))
-                        outcomes[seq] = (status, result, stored)
+                        outcomes[seq] = self.observed[seq] = (status, result, stored)
                 if len(outcomes) == len(seqs):
                     break
                 suspend = Suspend(None, list(pending.values()), None)
@@ -318,7 +332,7 @@ class DurableRun:
     async def wait_timer(self, seq: int, wake_in: float) -> None:
         """Sleep in memory when the timer ends before eviction; else suspend until it fires."""
         if wake_in > self.worker.evict_after:
-            raise Suspend(wake_in, [], None)
+            raise self.suspend_with(Suspend(wake_in, [], None))
         if wake_in > 0:
             await asyncio.sleep(wake_in)
         await self.complete(seq, None, None)
@@ -355,8 +369,14 @@ class DurableRun:
         """Wait for a notification (re-checking every second) until ``deadline``, then suspend."""
         left = deadline - time.monotonic()
         if left <= 0:
-            raise suspend
+            raise self.suspend_with(suspend)
         await asyncio.wait(futures, timeout=min(left, 1.0, left if cap is None else cap))
+
+    def suspend_with(self, suspend: Suspend) -> Suspend:
+        """Remember the suspension this execution starts (the first one wins), to raise."""
+        if self.suspending is None:
+            self.suspending = suspend
+        return self.suspending
 
     async def suspend(self, s: Suspend) -> None:
         """Release the slot: WAITING until what the run waits for happens."""
