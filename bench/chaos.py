@@ -3,7 +3,9 @@ frozen and cut off, in front of a private PostgreSQL that is crashed and restart
 invariant is checked (see tests/chaos and docs/reliability.md).
 
 Run from the project root: ``python -m bench.chaos`` (the defaults are the 10-minute run of
-docs/reliability.md: 10,000 workflows, a worker killed every 0.5-2 s, 5 database crashes).
+docs/reliability.md: 10,000 workflows, a worker killed every 0.5-2 s, 5 database crashes, and
+volume mode: bursts of 2,000 runs orphaned or expiring at once, transactions longer than the
+lease).
 Exits 1 if any invariant was violated.
 """
 
@@ -34,6 +36,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--workers", type=int, default=4, help="worker processes kept running")
     add("--restarts", type=int, default=5, help="database crashes (stop -m immediate)")
     add("--seed", type=int, default=1, help="seed of the fault schedule")
+    add(
+        "--volume",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="bursts of thousands of orphaned and expiring runs, transactions longer than the "
+        "lease (default: on)",
+    )
+    add("--burst-size", type=int, default=2000, help="runs per burst in volume mode")
     add("--json", type=Path, help="also write the report to this file")
     add("--logs", type=Path, help="keep the worker log here (workers.log)")
     return parser.parse_args(argv)
@@ -49,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers,
         restarts=args.restarts,
         seed=args.seed,
+        volume=args.volume,
+        burst_size=args.burst_size,
     )
     print(f"$ {config.command()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="durably-chaos-") as tmp:

@@ -86,7 +86,8 @@ CREATE TRIGGER chaos_log_audit BEFORE INSERT OR UPDATE ON {schema}.event_log
     FOR EACH ROW EXECUTE FUNCTION {schema}.chaos_log_audit();
 
 -- The workload's own tables. ledger: every execution of an external effect, append-only (so
--- re-executions are visible). applied: effects done inside ctx.transaction, one row per key,
+-- re-executions are visible; `started` and `at` bound each execution, so executions of one run
+-- that overlapped can be found). applied: effects done inside ctx.transaction, one row per key,
 -- `times` counting how often it was applied (must be 1).
 CREATE TABLE {schema}.ledger (
     id       bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -95,6 +96,7 @@ CREATE TABLE {schema}.ledger (
     item     integer     NOT NULL,
     idem_key text        NOT NULL,
     pid      integer     NOT NULL,
+    started  timestamptz,
     at       timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 CREATE TABLE {schema}.applied (

@@ -11,6 +11,16 @@ Faults (each on its own thread, at random intervals):
 - ``drop``, ``delay``, ``half_close``, ``ambiguous`` and ``partition``: the proxy aborts
   connections, slows them, half-closes them, loses the reply of a statement the server did
   commit, or refuses connections for a while (see :mod:`tests.chaos.proxy`).
+
+Volume mode adds, each on its own schedule:
+
+- ``orphans``: a burst of ``hold`` runs is enqueued at once, a worker with thousands of slots
+  takes them, and is SIGKILLed while it holds them: thousands of orphans recovered in one sweep,
+  and (``hold_once``, ``max_recoveries=0``) thousands failing together;
+- ``expiries``: a burst of ``expire`` runs on a queue no worker serves, all passing their
+  schedule timeout in the same second;
+
+and the workers' ``apply`` transactions of some items stay open longer than the lease.
 """
 
 from __future__ import annotations
@@ -54,12 +64,16 @@ class Config:
     settle: float = 60.0  # every run must be terminal this long after the last fault
     lease: float = 3.0
     seed: int = 1
+    volume: bool = False  # bursts of orphans and expiries, long transactions (module docstring)
+    burst_size: int = 2000
+    burst_every: tuple[float, float] = (30.0, 60.0)
 
     def command(self) -> str:
         """The ``python -m bench.chaos`` command line that reproduces this configuration."""
+        volume = f"--burst-size {self.burst_size}" if self.volume else "--no-volume"
         return (
             f"python -m bench.chaos --items {self.items} --duration {self.duration:g} "
-            f"--workers {self.workers} --restarts {self.restarts} --seed {self.seed}"
+            f"--workers {self.workers} --restarts {self.restarts} --seed {self.seed} {volume}"
         )
 
 
@@ -73,6 +87,9 @@ class Result:
     report: checker.Report = field(default_factory=checker.Report)
     elapsed: float = 0.0
     diagnosis: list[str] = field(default_factory=list)  # what unfinished runs were waiting for
+    # When each fault struck (epoch seconds), its kind, and the worker pid it hit (None: all).
+    fault_log: list[tuple[float, str, int | None]] = field(default_factory=list)
+    bursts: Counter[str] = field(default_factory=Counter)  # runs enqueued by bursts, per task
 
     def problems(self) -> list[str]:
         found = self.report.problems()
@@ -82,18 +99,32 @@ class Result:
 
 
 class Worker:
-    """One ``durably worker tests.chaos.workload:app`` process, logging to a file."""
+    """One ``durably worker tests.chaos.workload:app`` process, logging to a file. It serves
+    the orders' queue, and in volume mode the burst queue too (never the expiries' queue)."""
 
-    def __init__(self, url: str, ledger_url: str, lease: float, logfile: Path) -> None:
+    def __init__(
+        self,
+        url: str,
+        ledger_url: str,
+        lease: float,
+        logfile: Path,
+        volume: bool = False,
+        slots: int = 8,
+        queues: tuple[str, ...] = ("default", workload.BURST_QUEUE),
+    ) -> None:
         env = {
             **os.environ,
             "DURABLY_DATABASE_URL": url,
             "CHAOS_LEDGER_URL": ledger_url,
             "DURABLY_TEST_SCHEMA": SCHEMA,
             "PYTHONPATH": str(ROOT),
+            "CHAOS_VOLUME": "1" if volume else "0",
         }
-        args = ["--slots", "8", "--durable-slots", "40", "--lease", f"{lease:g}"]
+        args = ["--slots", str(slots), "--durable-slots", "40", "--lease", f"{lease:g}"]
         args += ["--evict-after", "0.5", "--grace-period", "2"]
+        for queue in queues:
+            args += ["--queue", queue]
+        self.id: str | None = None  # the worker's id, looked up by pid when needed
         with logfile.open("a") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "durably", "worker", "tests.chaos.workload:app", *args],
@@ -143,6 +174,11 @@ class Chaos:
                 threading.Thread(target=self._fault_loop, args=(kind, every), daemon=True)
                 for kind, every in self._schedules().items()
             ]
+            if self.config.volume:
+                threads += [
+                    threading.Thread(target=self._burst_loop, args=(kind,), daemon=True)
+                    for kind in ("orphans", "expiries")
+                ]
             threads.append(threading.Thread(target=self._restart_loop, daemon=True))
             threads.append(threading.Thread(target=self._supervise, daemon=True))
             for thread in threads:
@@ -155,7 +191,14 @@ class Chaos:
             self.result.settled_after = self._settle()
             if self.result.settled_after is None:
                 self.result.diagnosis = self._diagnose()
-            self.result.report = checker.check(self.server.url, SCHEMA, sorted(self.enqueued))
+            self.result.report = checker.check(
+                self.server.url,
+                SCHEMA,
+                sorted(self.enqueued),
+                bursts=self.result.bursts,
+                faults=self.result.fault_log,
+                lease=self.config.lease,
+            )
         finally:
             self._shutdown()
             self.result.elapsed = time.monotonic() - started
@@ -170,9 +213,16 @@ class Chaos:
         with psycopg.connect(self.server.url, autocommit=True) as conn:
             checker.install_audit(conn, SCHEMA)
 
-    def _new_worker(self) -> Worker:
+    def _new_worker(self, **kwargs: Any) -> Worker:
+        if self.config.volume:  # room for the bursts' recovered runs beside the orders' children
+            kwargs.setdefault("slots", 50)
         return Worker(
-            self.proxy.url(), self.server.url, self.config.lease, self.workdir / "workers.log"
+            self.proxy.url(),
+            self.server.url,
+            self.config.lease,
+            self.workdir / "workers.log",
+            volume=self.config.volume,
+            **kwargs,
         )
 
     def _schedules(self) -> dict[str, tuple[float, float]]:
@@ -216,16 +266,20 @@ class Chaos:
     def _fault_loop(self, kind: str, every: tuple[float, float]) -> None:
         inject = getattr(self, f"_fault_{kind}")
         while not self.stop.wait(self.rng.uniform(*every)):
+            at = time.time()
             try:
-                name = inject()
+                name, pid = inject()
             except Exception as exc:  # a fault that cannot be injected now is skipped
                 self.say(f"fault {kind} skipped: {type(exc).__name__}: {exc}")
                 continue
-            self._count(name)
+            self._count(name, pid, at)
 
-    def _count(self, name: str) -> None:
+    def _count(self, name: str, pid: int | None = None, at: float | None = None) -> None:
+        """Count a fault that struck at ``at`` (epoch seconds; default now) on worker ``pid``
+        (None: on every worker) and has just ended."""
         with self.lock:
             self.result.faults[name] += 1
+            self.result.fault_log.append((time.time() if at is None else at, name, pid))
             self.last_fault = time.monotonic()
 
     def _restart_loop(self) -> None:
@@ -235,10 +289,11 @@ class Chaos:
             at = start + self.config.duration * (k + self.rng.uniform(0.2, 0.8)) / n
             if self.stop.wait(max(0.0, at - time.monotonic())):
                 return
+            at = time.time()
             self.server.crash()
             time.sleep(self.rng.uniform(0.2, 1.5))  # down for a moment
             self.server.start()
-            self._count("restart")  # once it is back: the last fault ends when it is up again
+            self._count("restart", None, at)  # once it is back: the last fault ends then
 
     def _supervise(self) -> None:
         """Start a new worker in place of any that exited (as systemd or Kubernetes would): a
@@ -249,26 +304,27 @@ class Chaos:
                     if worker.proc.poll() is not None:
                         self.workers[index] = self._new_worker()
 
-    def _fault_kill(self) -> str:
+    def _fault_kill(self) -> tuple[str, int | None]:
         with self.lock:
             index = self.rng.randrange(len(self.workers))
+            pid = self.workers[index].proc.pid
             self.workers[index].kill()
             self.workers[index] = self._new_worker()
-        return "kill"
+        return "kill", pid
 
-    def _fault_freeze(self) -> str:
+    def _fault_freeze(self) -> tuple[str, int | None]:
         with self.lock:
             worker = self.rng.choice(self.workers)
         worker.send(signal.SIGSTOP)
         self.stop.wait(self.config.lease + self.rng.uniform(1.0, 3.0))
         worker.send(signal.SIGCONT)
-        return "freeze"
+        return "freeze", worker.proc.pid
 
-    def _fault_terminate(self) -> str:
+    def _fault_terminate(self) -> tuple[str, int | None]:
         self.server.terminate_backends("durably %")
-        return "terminate"
+        return "terminate", None
 
-    def _fault_proxy(self) -> str:
+    def _fault_proxy(self) -> tuple[str, int | None]:
         kind = self.rng.choice(["drop", "delay", "half_close", "ambiguous", "partition"])
         if kind == "drop":
             self.proxy.drop_all()
@@ -282,7 +338,100 @@ class Chaos:
             self.proxy.blackhole_next(self.rng.randint(1, 3))
         else:
             self.proxy.partition(self.rng.uniform(0.5, 2.0))
-        return kind
+        return kind, None
+
+    # -- volume mode -----------------------------------------------------------------------
+
+    def _burst_loop(self, kind: str) -> None:
+        """Every ``burst_every`` seconds, a burst of ``burst_size`` runs (module docstring)."""
+        app = workload.build(durably.App(self.server.url, schema=SCHEMA, migrate=False))
+        rng = random.Random(f"{self.config.seed}:{kind}")
+        number = 0
+        try:
+            while not self.stop.wait(rng.uniform(*self.config.burst_every)):
+                number += 1
+                at = time.time()
+                try:
+                    pid = self._orphans(app, number) if kind == "orphans" else None
+                    if kind == "expiries":
+                        self._enqueue_burst(app, "expire", number, self.config.burst_size)
+                except Exception as exc:  # e.g. the database is down: skip this burst
+                    self.say(f"burst {kind} skipped: {type(exc).__name__}: {exc}")
+                    continue
+                self._count(kind, pid, at)
+        finally:
+            app.close()
+
+    def _orphans(self, app: durably.App, number: int) -> int:
+        """A worker with a slot for every run of the burst takes most of it, then is killed
+        with all of them in hand; returns its pid."""
+        size = self.config.burst_size
+        worker = self._new_worker(slots=size, queues=(workload.BURST_QUEUE,))
+        try:
+            self._wait_for(lambda: self._registered(worker.proc.pid), 15.0)
+            # hold_once first: claimed first, so the killed worker surely holds some of them.
+            self._enqueue_burst(app, "hold_once", number, size // 4)
+            self._enqueue_burst(app, "hold", number, size - size // 4)
+            self._wait_for(lambda: self._held_by(worker.proc.pid) >= size // 2, 10.0)
+        finally:
+            worker.kill()
+        return worker.proc.pid
+
+    def _enqueue_burst(self, app: durably.App, task: str, number: int, size: int) -> None:
+        """Enqueue ``size`` runs of ``task`` in one statement. Their items name the burst, so
+        after an error whose commit is unknown a look at the table tells whether it landed."""
+        items = [(number * 100_000 + i,) for i in range(size)]
+        try:
+            app.registry[task].enqueue_many(items)
+        except (psycopg.Error, durably.DatabaseUnavailable, OSError):
+            if not self._burst_landed(task, number):
+                raise
+        with self.lock:
+            self.result.bursts[task] += size
+
+    def _query(self, sql: str, *params: Any) -> Any:
+        with psycopg.connect(self.server.url, autocommit=True, connect_timeout=5) as conn:
+            row = conn.execute(sql.replace("{schema}", f'"{SCHEMA}"'), params).fetchone()
+            return None if row is None else row[0]
+
+    def _burst_landed(self, task: str, number: int) -> bool:
+        """Whether burst ``number`` of ``task`` is in the table, asked until the database answers
+        (it may be restarting): a wrong guess would miscount the burst."""
+        while True:
+            try:
+                return bool(
+                    self._query(
+                        "SELECT count(*) FROM {schema}.runs WHERE task = %s "
+                        "AND (args->'args'->>0)::int / 100000 = %s",
+                        task,
+                        number,
+                    )
+                )
+            except psycopg.Error:
+                time.sleep(0.2)
+
+    def _registered(self, pid: int) -> bool:
+        return bool(self._query("SELECT count(*) FROM {schema}.workers WHERE pid = %s", pid))
+
+    def _held_by(self, pid: int) -> int:
+        return int(
+            self._query(
+                "SELECT count(*) FROM {schema}.runs r JOIN {schema}.workers w "
+                "ON w.id = r.worker_id WHERE r.status = 'RUNNING' AND w.pid = %s",
+                pid,
+            )
+        )
+
+    def _wait_for(self, condition: Callable[[], bool], timeout: float) -> None:
+        """Wait until ``condition()`` (errors count as not yet), at most ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self.stop.is_set():
+            try:
+                if condition():
+                    return
+            except psycopg.Error:
+                pass
+            time.sleep(0.1)
 
     # -- the end ---------------------------------------------------------------------------
 
