@@ -4,6 +4,7 @@ costs the worker its other runs."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from typing import Any
@@ -121,3 +122,63 @@ def test_a_wait_for_an_event_key_push_event_would_refuse_is_refused(app: durably
 
     with app.worker(), pytest.raises(durably.RunFailed, match="event key is not valid"):
         waits_long.enqueue().result(timeout=20)
+
+
+def test_a_systemexit_in_a_background_task_of_a_run_does_not_end_the_worker(
+    app: durably.App,
+) -> None:
+    """asyncio lets SystemExit escape its event loop from any task: one raised in a task a run
+    started and never awaited (a library giving up) must not end the worker."""
+
+    async def gives_up() -> None:
+        raise SystemExit("library gave up")
+
+    @app.task(name="fire_and_forget")
+    async def fire_and_forget() -> str:
+        background = asyncio.ensure_future(gives_up())
+        await asyncio.sleep(0.2)
+        return "started it" if background.done() else "still running"
+
+    @app.task(name="after")
+    def after() -> str:
+        return "served"
+
+    with app.worker(slots=2) as worker:
+        assert fire_and_forget.enqueue().result(timeout=10) == "started it"
+        assert after.enqueue().result(timeout=10) == "served"
+        worker.raise_if_crashed()
+
+
+def test_a_run_that_swallows_its_cancellation_frees_its_slot_and_lets_shutdown_end(
+    app: durably.App,
+) -> None:
+    """A polling loop that catches CancelledError and goes on ignores the cancellation sent by
+    ``app.cancel``: its slot is taken back a few seconds later (its writes are refused anyway),
+    so the next run is served, and the worker's shutdown is not held up by it."""
+    stop_polling = threading.Event()
+
+    @app.task(name="poller")
+    async def poller() -> None:
+        while not stop_polling.is_set():
+            try:
+                await asyncio.sleep(0.05)
+            except asyncio.CancelledError:  # the misbehaviour under test
+                continue
+
+    @app.task(name="quick")
+    def quick() -> str:
+        return "ran"
+
+    try:
+        with app.worker(slots=1, grace_period=1):
+            handle = poller.enqueue()
+            deadline = time.monotonic() + 10
+            while handle.status() != "RUNNING":
+                assert time.monotonic() < deadline, "the poller never started"
+                time.sleep(0.05)
+            assert app.cancel(handle.id)
+            assert quick.enqueue().result(timeout=20) == "ran"
+            stopping = time.monotonic()
+        assert time.monotonic() - stopping < 15, "shutdown waited for the poller"
+    finally:
+        stop_polling.set()

@@ -361,7 +361,9 @@ class App:
 
     def run_worker(self, **options: Any) -> None:
         """Run a worker in this thread until SIGTERM or SIGINT (a second signal stops at once)."""
-        asyncio.run(self.make_worker(**options).run(handle_signals=True))
+        from .worker import serve
+
+        serve(self.make_worker(**options).run(handle_signals=True))
 
     @contextlib.contextmanager
     def worker(self, **options: Any) -> Iterator[Worker]:

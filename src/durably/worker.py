@@ -21,6 +21,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +55,9 @@ log = logging.getLogger("durably.worker")
 
 _FLUSH_BATCH = 500  # outcomes per statement: bounds its arrays and its transaction
 _DB_ERRORS = (psycopg.Error, DurablyError, OSError)
+# Seconds an abandoned attempt (cancelled, lease lost, shutdown) gets to stop before its slot is
+# taken back from it.
+_ABANDON_GRACE = 5.0
 
 # Errors that fail a run at once: retrying would raise them again.
 _FINAL = (NonRetryableError, NotSerializable, PayloadTooLarge, NonDeterminismError)
@@ -75,6 +79,52 @@ class _Execution:
     future: asyncio.Task[None] | None = None
     claimed_at: float = field(default_factory=time.monotonic)
     abandoned: bool = False
+    slot_freed: bool = False
+
+
+def serve(main: Coroutine[Any, Any, None]) -> None:
+    """``asyncio.run(main)`` for a worker: at the end, tasks still running are cancelled and
+    waited for at most ``_ABANDON_GRACE`` seconds (asyncio.run waits for ever, and a task that
+    swallows its cancellation would keep the worker from ever exiting)."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    pending: set[asyncio.Task[Any]] = set()
+    try:
+        loop.run_until_complete(main)
+    finally:
+        try:
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.wait(pending, timeout=_ABANDON_GRACE))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+            for task in pending:
+                if not task.done():  # closed here, not by the garbage collector at any moment
+                    with contextlib.suppress(RuntimeError):
+                        task.get_coro().close()
+
+
+def _contained_task(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+    """The worker loop's task factory. asyncio lets a SystemExit or KeyboardInterrupt raised in a
+    task escape the event loop: one raised by a task a run started in the background (a library
+    giving up) would end the whole worker, and every run it holds with it. Tasks started while a
+    run executes turn them into a RuntimeError of that task instead."""
+    if CURRENT_RUN.get() is not None:
+        coro = _contain(coro)
+    return asyncio.Task(coro, loop=loop, **kwargs)
+
+
+async def _contain(coro: Any) -> Any:
+    try:
+        return await coro
+    except (SystemExit, KeyboardInterrupt) as exc:
+        raise RuntimeError(
+            f"{type(exc).__name__} raised by a task a run started: {exc}; the worker goes on"
+        ) from exc
 
 
 def _time_limit(ex: _Execution) -> tuple[float | None, bool]:
@@ -171,6 +221,7 @@ class Worker:
     async def run(self, handle_signals: bool = False) -> None:
         """Serve until :meth:`stop` (or SIGTERM/SIGINT with ``handle_signals``)."""
         self._loop = asyncio.get_running_loop()
+        self._loop.set_task_factory(_contained_task)
         self._wake = asyncio.Event()
         self._flush_needed = asyncio.Event()
         self._force = asyncio.Event()
@@ -228,7 +279,7 @@ class Worker:
 
     def _thread_main(self) -> None:
         try:
-            asyncio.run(self.run())
+            serve(self.run())
         except BaseException as exc:
             self._crash = exc
         finally:
@@ -337,7 +388,14 @@ class Worker:
         claim) ends without entering ``_execute``, whose ``finally`` frees the slot: free it
         here, or the slot would stay taken for good."""
         if self._running.get(ex.run_id) is ex:
+            self._free_slot(ex)
+
+    def _free_slot(self, ex: _Execution) -> None:
+        """The attempt holds its slot no more (once, whichever way it ended)."""
+        if self._running.get(ex.run_id) is ex:
             del self._running[ex.run_id]
+        if not ex.slot_freed:
+            ex.slot_freed = True
             self.busy[ex.task.durable] -= 1
             self._wake.set()
 
@@ -379,8 +437,7 @@ class Worker:
                 self._finished.append(outcome)
                 self._flush_needed.set()
             else:
-                self.busy[ex.task.durable] -= 1
-                self._wake.set()
+                self._free_slot(ex)
 
     async def _attempt(self, ex: _Execution) -> Outcome | None:
         """Execute one attempt; its outcome, or None when there is nothing to record."""
@@ -493,6 +550,21 @@ class Worker:
             log.info("abandoning run %s: %s", run_id, why)
             ex.abandoned = True
             ex.future.cancel()
+            asyncio.get_running_loop().call_later(_ABANDON_GRACE, self._take_slot_back, ex)
+
+    def _take_slot_back(self, ex: _Execution) -> None:
+        """An abandoned attempt whose code still runs ``_ABANDON_GRACE`` seconds after its
+        cancellation (it swallows CancelledError) gives its slot back: the worker serves other
+        runs, and anything the attempt writes is refused by its fence."""
+        if ex.future is None or ex.future.done() or ex.slot_freed:
+            return
+        log.warning(
+            "run %s ignores its cancellation (it catches CancelledError); its slot is freed and "
+            "anything it writes is refused",
+            ex.run_id,
+        )
+        ex.future.cancel()
+        self._free_slot(ex)
 
     def _on_message(self, payload: str) -> None:
         kind, _, rest = payload.partition(":")
@@ -625,7 +697,9 @@ class Worker:
         leftover = list(self._running.values())
         for ex in leftover:
             self._abandon(ex.run_id, "worker shutting down")
-        await asyncio.gather(*(ex.future for ex in leftover if ex.future), return_exceptions=True)
+        futures = [ex.future for ex in leftover if ex.future]
+        if futures:  # bounded: an attempt may swallow its cancellation
+            await asyncio.wait(futures, timeout=_ABANDON_GRACE)
         self._closing = True
         self._flush_needed.set()
         await self._flush_or_force()
