@@ -907,26 +907,40 @@ SELECT (SELECT id FROM ev),
 
 -- name: retry
 -- A failed or cancelled run back to the queue, its log kept: it resumes after its last
--- checkpoint. Children it spawned but never saw end, and that failed or were cancelled, too.
-WITH target AS (
-    UPDATE {schema}.runs
+-- checkpoint. So does every run below it that a cancel or failure took down while it was still
+-- awaited: the children whose log entry is not done and that failed or were cancelled, and,
+-- recursively, theirs (a cancel takes a whole tree down; a retry brings the whole tree back).
+-- UNION, not UNION ALL: a run reached twice is kept once, so the walk ends on any log shape.
+-- What the runs were waiting for, their worker and lease and their schedule deadline (they were
+-- picked up once already) are cleared: a re-queued run starts clean.
+WITH RECURSIVE tree AS (
+    SELECT id FROM {schema}.runs WHERE id = %(id)s AND status IN ('FAILED', 'CANCELLED')
+    UNION
+    SELECT c.id
+    FROM tree t
+    -- One index probe of each run's log. The fence (OFFSET 0) keeps the planner from joining
+    -- the whole log against a work table it guesses is tiny: a tree of 10,000 runs would then
+    -- cost 10,000 scans of the log.
+    CROSS JOIN LATERAL (
+        SELECT l.child_id FROM {schema}.event_log l
+        WHERE l.run_id = t.id AND l.kind = 'child' AND NOT l.done
+        OFFSET 0
+    ) l
+    JOIN {schema}.runs c ON c.id = l.child_id AND c.status IN ('FAILED', 'CANCELLED')
+), requeued AS (
+    UPDATE {schema}.runs r
     SET status = 'QUEUED', run_at = now(), failures = 0, recoveries = 0, error = NULL,
         result = NULL, finished_at = NULL, worker_id = NULL, lease_expires_at = NULL,
+        wake_at = NULL, wait_children = NULL, wait_event = NULL, schedule_deadline = NULL,
         deadline_at = NULL  -- started again by hand: a fresh deadline from the next start
-    WHERE id = %(id)s AND status IN ('FAILED', 'CANCELLED')
-    RETURNING id, queue
-), children AS (
-    UPDATE {schema}.runs c
-    SET status = 'QUEUED', run_at = now(), failures = 0, recoveries = 0, error = NULL,
-        finished_at = NULL, deadline_at = NULL
-    FROM {schema}.event_log l, target
-    WHERE l.run_id = target.id AND l.kind = 'child' AND NOT l.done AND c.id = l.child_id
-      AND c.status IN ('FAILED', 'CANCELLED')
-    RETURNING c.id, c.queue
+    FROM tree
+    WHERE r.id = tree.id AND r.status IN ('FAILED', 'CANCELLED')
+    RETURNING r.id, r.queue
 )
 SELECT id, (SELECT count(pg_notify(%(channel)s, 'q:' || q.queue))
-              FROM (SELECT queue FROM target UNION SELECT queue FROM children) q)
-FROM target;
+              FROM (SELECT DISTINCT queue FROM requeued) q)
+FROM requeued
+WHERE id = %(id)s;
 
 -- name: replay
 -- Sets the log aside (archived under the run's current epoch) and runs the run from scratch.
