@@ -1,4 +1,5 @@
-"""Retry after a cascading cancel brings the whole durable tree back."""
+"""Retry after a cascading cancel brings the whole durable tree back; a fork owns its pending
+children instead of sharing its source's."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections import Counter
 from typing import Any
 
 import psycopg
+import pytest
 
 import durably
 from tests.helpers import wait_until
@@ -135,6 +137,75 @@ def test_retry_brings_back_ten_thousand_cancelled_children_in_one_call(
         assert handle.result(timeout=60) == sum(range(n))
 
 
+def test_a_fork_of_a_run_waiting_on_a_child_gets_its_own_child(app: durably.App) -> None:
+    calls: Counter[str] = Counter()
+    gate = {"open": False}
+
+    @app.task(name="slow")
+    async def slow(x: int) -> int:
+        calls["slow"] += 1
+        while not gate["open"]:
+            await asyncio.sleep(0.01)
+        return x * 2
+
+    @app.durable_task(name="parent")
+    async def parent(ctx: durably.DurableContext) -> int:
+        return int(await ctx.run(slow, 21))
+
+    def child_of(run_id: int) -> int | None:
+        log = app.event_log(run_id)
+        return log[0]["child_id"] if log else None
+
+    with app.worker(slots=2, durable_slots=2, evict_after=0.2):
+        source = parent.enqueue()
+        wait_until(lambda: source.status() == "WAITING", what="the source waiting on its child")
+        fork = app.fork(source.id, at_event=1)
+        wait_until(lambda: fork.status() == "WAITING", what="the fork waiting on a child")
+        source_child, fork_child = child_of(source.id), child_of(fork.id)
+        assert fork_child is not None and fork_child != source_child
+        wait_until(lambda: calls["slow"] == 2, what="the fork's own child running")
+        assert app.cancel(source.id) is True
+        with pytest.raises(durably.RunCancelled):
+            source.result(timeout=10)
+        assert fork.status() in ("RUNNING", "WAITING"), "cancelling the source left the fork be"
+        gate["open"] = True
+        assert fork.result(timeout=20) == 42
+    statuses = {r.id: r.status for r in app.list_runs(task="slow")}
+    assert statuses == {source_child: "CANCELLED", fork_child: "COMPLETED"}
+
+
+def test_a_fork_reuses_a_child_that_already_completed(app: durably.App) -> None:
+    calls: Counter[str] = Counter()
+
+    @app.task(name="quick", queue="children")
+    def quick(x: int) -> int:
+        calls["quick"] += 1
+        return x * 3
+
+    @app.durable_task(name="parent")
+    async def parent(ctx: durably.DurableContext) -> int:
+        return int(await ctx.run(quick, 5)) + 1
+
+    # The source spawns its child and suspends; the child completes while no worker serves the
+    # source, so the source's log still has the child pending when the fork is made.
+    with app.worker(queues=["default"], durable_slots=1, evict_after=0.2):
+        source = parent.enqueue()
+        wait_until(lambda: source.status() == "WAITING", what="the source waiting")
+    with app.worker(queues=["children"], slots=1):
+        wait_until(lambda: source.status() == "QUEUED", what="the child done, the source woken")
+    [source_entry] = app.event_log(source.id)
+    assert source_entry["done"] is False
+    fork = app.fork(source.id, at_event=1)
+    [copied] = app.event_log(fork.id)
+    assert (copied["done"], copied["result"]) == (True, 15), "the result is the fork's own"
+    assert app.cancel(source.id) is True
+    with app.worker(slots=1, durable_slots=1):
+        assert fork.result(timeout=20) == 16
+    assert calls["quick"] == 1, "the fork took the completed child's result, not a new child"
+    [fork_entry] = app.event_log(fork.id)
+    assert fork_entry["child_id"] == source_entry["child_id"]
+
+
 def test_a_retried_child_is_not_failed_by_its_old_schedule_timeout(
     app: durably.App, db: psycopg.Connection[Any], schema: str
 ) -> None:
@@ -160,3 +231,22 @@ def test_a_retried_child_is_not_failed_by_its_old_schedule_timeout(
     assert app.retry(handle.id) is True
     with app.worker(slots=1, durable_slots=1, sweep_interval=0.05):
         assert handle.result(timeout=20) == "done"
+
+
+def test_a_fork_of_a_run_waiting_for_an_event_takes_an_event_pushed_after_it(
+    app: durably.App,
+) -> None:
+    @app.durable_task(name="waiter")
+    async def waiter(ctx: durably.DurableContext) -> Any:
+        return await ctx.wait_for_event("go", timeout=60)
+
+    with app.worker(durable_slots=2, evict_after=0.2):
+        source = waiter.enqueue()
+        wait_until(lambda: source.status() == "WAITING", what="the source waiting")
+        fork = app.fork(source.id, at_event=1)
+        wait_until(lambda: fork.status() == "WAITING", what="the fork waiting")
+        assert app.cancel(source.id) is True
+        app.push_event("go", {"n": 1})
+        assert fork.result(timeout=20) == {"n": 1}
+    [entry] = app.event_log(fork.id)
+    assert entry["kind"] == "event" and entry["done"] is True

@@ -966,6 +966,11 @@ SELECT id, pg_notify(%(channel)s, 'q:' || queue) FROM queued;
 
 -- name: fork
 -- A new run of the same task and input whose log starts with the first N entries of the source.
+-- The fork owns its pending work: a child the source spawned but had not seen end is not shared
+-- (cancelling or retrying the source would reach into the fork), so its entry is left out and
+-- the fork spawns a child of its own at that sequence number when it gets there. A child that
+-- has already completed is final: its result is copied, recorded as done, and not run again.
+-- Pending sleeps and event waits are copied as they are (same deadline as the source's).
 WITH src AS (
     SELECT * FROM {schema}.runs WHERE id = %(id)s AND durable
 ), created AS (
@@ -978,10 +983,15 @@ WITH src AS (
 ), copied AS (
     INSERT INTO {schema}.event_log (run_id, seq, kind, name, key, input, result, error, child_id,
                                     event_id, wake_at, done, attempt, created_at, completed_at)
-    SELECT created.id, l.seq, l.kind, l.name, l.key, l.input, l.result, l.error, l.child_id,
-           l.event_id, l.wake_at, l.done, 0, l.created_at, l.completed_at
-    FROM {schema}.event_log l, created
+    SELECT created.id, l.seq, l.kind, l.name, l.key, l.input,
+           CASE WHEN c.id IS NULL THEN l.result ELSE c.result END, l.error, l.child_id,
+           l.event_id, l.wake_at, l.done OR c.id IS NOT NULL, 0, l.created_at,
+           COALESCE(l.completed_at, c.finished_at)
+    FROM {schema}.event_log l
+    LEFT JOIN {schema}.runs c ON c.id = l.child_id AND l.kind = 'child' AND NOT l.done
+    CROSS JOIN created
     WHERE l.run_id = %(id)s AND l.seq < %(at_event)s
+      AND (l.kind <> 'child' OR l.done OR c.status = 'COMPLETED')
 )
 SELECT id, pg_notify(%(channel)s, 'q:' || queue) FROM created;
 
