@@ -768,7 +768,7 @@ class StoreMachine(RuleBasedStateMachine):
             r.recoveries += 1
             r.worker, r.lease_expired = None, False
         # The wake-up backstop: WAITING runs all of whose children ended, whatever ended them
-        # (cancel, WorkerLost, a child of another run: a fork waits for its source's children).
+        # (cancel, WorkerLost).
         woken = [
             r
             for r in self.runs.values()
@@ -945,18 +945,22 @@ class StoreMachine(RuleBasedStateMachine):
         assert self.run(self.app.retry_async(run.id)) == expected, f"retry of {run}"
         if not expected:
             return
-        children = [
-            self.runs[e.child]
-            for e in run.log.values()
-            if e.kind == "child" and not e.done and e.child is not None
-        ]
-        for child in children:  # children it never saw end, that failed or were cancelled
-            if child.status in ("FAILED", "CANCELLED"):
-                child.queue_now()
-                child.failures, child.recoveries, child.error = 0, 0, None
-                self.seen("retry queued a child again")
-        run.queue_now()
-        run.failures, run.recoveries, run.error, run.result, run.worker = 0, 0, None, None, None
+        # The run, and down the tree every run a re-queued run never saw end that failed or was
+        # cancelled; each starts clean (its worker and what it waited for cleared).
+        tree, todo = [run], [run]
+        while todo:
+            for e in todo.pop().log.values():
+                child = self.runs[e.child] if e.kind == "child" and e.child is not None else None
+                if child is None or e.done or child.status not in ("FAILED", "CANCELLED"):
+                    continue
+                if child not in tree:
+                    tree.append(child)
+                    todo.append(child)
+                    self.seen("retry queued a child again")
+        for r in tree:
+            r.queue_now()
+            r.failures, r.recoveries, r.error, r.result, r.worker = 0, 0, None, None, None
+            r.wait_children = None
 
     def replay(self, pick: Picks) -> None:
         run = self.draw_run(pick, lambda r: r.status in TERMINAL, lambda r: bool(r.log))
@@ -980,9 +984,15 @@ class StoreMachine(RuleBasedStateMachine):
             return
         new_id = self.run(self.app.fork_async(run.id, at_event)).id
         assert new_id not in self.runs
-        copied = {
-            seq: MEntry(e.kind, 0, e.done, e.child) for seq, e in run.log.items() if seq < at_event
-        }
+        copied = {}
+        for seq, e in run.log.items():
+            child = self.runs[e.child] if e.child is not None else None
+            pending = e.kind == "child" and not e.done
+            completed = pending and child is not None and child.status == "COMPLETED"
+            # A child the source never saw end is not shared: left out (the fork spawns its
+            # own), unless it completed, then copied as done.
+            if seq < at_event and (completed or not pending):
+                copied[seq] = MEntry(e.kind, 0, e.done or completed, e.child)
         self.runs[new_id] = MRun(new_id, run.task, run.queue, run.priority, log=copied)
         self.seen("fork copied entries" if copied else "fork of an empty prefix")
 
