@@ -16,6 +16,7 @@ import pytest
 
 import durably
 from durably.embedded import embedded_url
+from tests.apps import queue_app
 
 
 @pytest.fixture(autouse=True)
@@ -71,3 +72,14 @@ def db(database_url: str) -> Iterator[psycopg.Connection[Any]]:
     """A plain autocommit connection for looking at tables directly."""
     with psycopg.connect(database_url, autocommit=True) as conn:
         yield conn
+
+
+@pytest.fixture
+def qapp(database_url: str, schema: str, db: psycopg.Connection[Any]) -> durably.App:
+    """The client side of tests/apps/queue_app.py, on this test's schema."""
+    app = durably.App(database_url, schema=schema)
+    for task in queue_app.app.registry.values():
+        app.task(name=task.name, retries=task.retries)(task.fn)
+    app.migrate()
+    queue_app.create_effects(db, schema)
+    return app

@@ -8,22 +8,9 @@ from collections import Counter
 from typing import Any
 
 import psycopg
-import pytest
 
 import durably
-from tests.apps import queue_app
 from tests.helpers import WorkerProcess, wait_until
-
-
-@pytest.fixture
-def qapp(database_url: str, schema: str, db: psycopg.Connection[Any]) -> durably.App:
-    """The client side of tests/apps/queue_app.py, on this test's schema."""
-    app = durably.App(database_url, schema=schema)
-    for task in queue_app.app.registry.values():
-        app.task(name=task.name, retries=task.retries)(task.fn)
-    app.migrate()
-    queue_app.create_effects(db, schema)
-    return app
 
 
 def effects(db: psycopg.Connection[Any], schema: str) -> list[tuple[str, int]]:

@@ -25,17 +25,6 @@ from tests.helpers import WorkerProcess, wait_until
 
 
 @pytest.fixture
-def qapp(database_url: str, schema: str, db: psycopg.Connection[Any]) -> durably.App:
-    """The client side of tests/apps/queue_app.py, on this test's schema."""
-    app = durably.App(database_url, schema=schema)
-    for task in queue_app.app.registry.values():
-        app.task(name=task.name, retries=task.retries)(task.fn)
-    app.migrate()
-    queue_app.create_effects(db, schema)
-    return app
-
-
-@pytest.fixture
 def store(qapp: durably.App) -> Iterator[Store]:
     """A store of its own, on its own event loop, for calling the sweeper directly."""
     loop = asyncio.new_event_loop()
