@@ -205,6 +205,10 @@ class Chaos:
         return self.result
 
     def _prepare(self) -> None:
+        # Room for every worker's connections (the engine's pool, the listener, ctx.transaction's
+        # pool: up to 15 each) and for the sessions half-close faults leave lingering until the
+        # end: at the default 100, new workers would be refused and the run starved.
+        self.server.configure(max_connections="400")
         app = durably.App(self.server.url, schema=SCHEMA)
         try:
             app.migrate()

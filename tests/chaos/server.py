@@ -45,6 +45,14 @@ class PrivateServer:
         """Start again (crash recovery replays the WAL)."""
         self.server.ensure_postgres_running()
 
+    def configure(self, **settings: str) -> None:
+        """Change server settings (``ALTER SYSTEM``) and restart cleanly so they take effect."""
+        with psycopg.connect(self.url, autocommit=True, connect_timeout=5) as conn:
+            for name, value in settings.items():
+                conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
+        self._pg_ctl("-w", "-m", "fast", "stop")
+        self.start()
+
     def crash_and_restart(self) -> None:
         self.crash()
         self.start()
