@@ -47,6 +47,7 @@ from tests.chaos.server import PrivateServer
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA = "chaos"
+_BURST_ATTEMPTS = 5  # tries of one burst enqueue: faults may break the first ones
 
 
 @dataclass
@@ -385,11 +386,18 @@ class Chaos:
         """Enqueue ``size`` runs of ``task`` in one statement. Their items name the burst, so
         after an error whose commit is unknown a look at the table tells whether it landed."""
         items = [(number * 100_000 + i,) for i in range(size)]
-        try:
-            app.registry[task].enqueue_many(items)
-        except (psycopg.Error, durably.DatabaseUnavailable, OSError):
-            if not self._burst_landed(task, number):
-                raise
+        for attempt in range(_BURST_ATTEMPTS):
+            try:
+                app.registry[task].enqueue_many(items)
+                break
+            except (psycopg.Error, durably.DatabaseUnavailable, OSError):
+                # A terminate fault leaves the pool's idle connections dead, and the first use
+                # of one fails: like any client, try again, unless the burst landed after all.
+                if self._burst_landed(task, number):
+                    break
+                if attempt == _BURST_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.5)
         with self.lock:
             self.result.bursts[task] += size
 
