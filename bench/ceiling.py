@@ -28,7 +28,7 @@ import time
 
 from bench.harness import connect, database_url, int_list, throwaway_schema
 from bench.queue import Row, print_table
-from durably.store import describe_url
+from durably.storage import describe_url
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -37,7 +37,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from bench.harness import ROOT, database_url, percentile
-from durably.store import describe_url
+from durably.storage import describe_url
 
 VENVS = ROOT / "bench" / ".venvs"
 PEERS = ROOT / "bench" / "peers"

@@ -22,7 +22,7 @@ from bench import durable_workloads as work
 from bench import plots
 from bench.harness import database_url, int_list
 from bench.queue import Row
-from durably.store import describe_url
+from durably.storage import describe_url
 
 WORKLOADS = ("workflows", "steps", "resume")
 

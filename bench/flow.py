@@ -18,7 +18,7 @@ from pathlib import Path
 from bench import workloads
 from bench.apps import FLOW_ENV, FLOW_KEYS, FLOW_MODES
 from bench.harness import database_url, median
-from durably.store import describe_url
+from durably.storage import describe_url
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -44,7 +44,8 @@ from bench.harness import (
     wait_until,
 )
 from bench.queue import Row, print_table
-from durably.store import Outcome, Store, describe_url
+from durably.records import Outcome, OutcomeKind
+from durably.storage import Store, describe_url
 
 ARGS = '{"args": [], "kwargs": {}}'
 
@@ -100,9 +101,11 @@ async def claim_latencies(url: str, schema: str, samples: int) -> list[float]:
     try:
         for _ in range(samples):
             started = time.perf_counter()
-            [row] = await store.claim(worker, ["default"], ["noop"], 1, 30.0)
+            [run] = (await store.claim(worker, ["default"], ["noop"], 1, 30.0)).runs
             latencies.append(time.perf_counter() - started)
-            await store.finish(worker, [Outcome(row[0], row[3], "ok", result="null")])
+            await store.finish(
+                worker, [Outcome(run.run_id, run.attempt, OutcomeKind.OK, result="null")]
+            )
     finally:
         await store.close()
     return latencies

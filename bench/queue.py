@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from bench import workloads
 from bench.floor import pickup_floor
 from bench.harness import database_url, int_list, median, percentile
-from durably.store import describe_url
+from durably.storage import describe_url
 
 WORKLOADS = ("drain", "drain-sync", "enqueue", "batch", "pickup", "floor")
 

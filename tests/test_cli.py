@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 import durably
 from durably.cli import main
-from durably.store import LATEST_VERSION, MIGRATIONS
+from durably.storage import LATEST_VERSION, MIGRATIONS
 from tests.cli_support import DURABLY, Cli, cli
 from tests.helpers import ROOT, wait_until
 

@@ -11,7 +11,8 @@ from typing import Any
 import psycopg
 
 import durably
-from durably.store import Outcome, Store
+from durably.records import Outcome, OutcomeKind
+from durably.storage import Store
 
 
 async def _scenario(app: durably.App) -> dict[str, Any]:
@@ -21,28 +22,28 @@ async def _scenario(app: durably.App) -> dict[str, Any]:
         task = app.registry["fenced"]
         [run_id] = await store.enqueue([task.new_run(("x",), {}, durably.tasks.CallOptions())])
         stale, fresh = str(uuid.uuid4()), str(uuid.uuid4())
-        [claimed] = await store.claim(stale, ["default"], ["fenced"], 1, 30.0)
+        [claimed] = (await store.claim(stale, ["default"], ["fenced"], 1, 30.0)).runs
         # The stale worker never registered, so the sweeper sees its run as orphaned at once:
         # back to the queue, and another worker claims it with the next attempt.
         swept = await store.sweep(dead_after=15.0)
-        [reclaimed] = await store.claim(fresh, ["default"], ["fenced"], 1, 30.0)
-        late = Outcome(run_id, claimed[3], "ok", result='"stale"')
+        [reclaimed] = (await store.claim(fresh, ["default"], ["fenced"], 1, 30.0)).runs
+        late = Outcome(run_id, claimed.attempt, OutcomeKind.OK, result='"stale"')
         return {
             "run_id": run_id,
-            "attempts": (claimed[3], reclaimed[3]),
+            "attempts": (claimed.attempt, reclaimed.attempt),
             "swept": swept,
             "stale_finish": await store.finish(stale, [late]),
             "stale_finish_new_attempt": await store.finish(
-                stale, [Outcome(run_id, reclaimed[3], "ok", result='"stale"')]
+                stale, [Outcome(run_id, reclaimed.attempt, OutcomeKind.OK, result='"stale"')]
             ),
             "stale_heartbeat": await store.heartbeat(stale, 30.0, [run_id]),
             "stale_release": await store.release(stale, [run_id]),
             "fresh_heartbeat": await store.heartbeat(fresh, 30.0, [run_id]),
             "fresh_finish": await store.finish(
-                fresh, [Outcome(run_id, reclaimed[3], "ok", result='"fresh"')]
+                fresh, [Outcome(run_id, reclaimed.attempt, OutcomeKind.OK, result='"fresh"')]
             ),
             "fresh_again": await store.finish(
-                fresh, [Outcome(run_id, reclaimed[3], "fail", error="{}")]
+                fresh, [Outcome(run_id, reclaimed.attempt, OutcomeKind.FAIL, error="{}")]
             ),
         }
     finally:
@@ -58,13 +59,13 @@ def test_stale_attempt_writes_nothing(app: durably.App, db: psycopg.Connection[A
     run_id = seen["run_id"]
     assert seen["attempts"] == (1, 2)
     assert seen["swept"] == (1, 0, 0)
-    assert seen["stale_finish"] == []
-    assert seen["stale_finish_new_attempt"] == [], "the attempt alone is not enough: worker too"
+    assert seen["stale_finish"] == {}
+    assert seen["stale_finish_new_attempt"] == {}, "the attempt alone is not enough: worker too"
     assert seen["stale_heartbeat"] == set()
     assert seen["stale_release"] == 0
     assert seen["fresh_heartbeat"] == {(run_id, 2)}
-    assert [r[:2] for r in seen["fresh_finish"]] == [(run_id, "COMPLETED")]
-    assert seen["fresh_again"] == [], "an outcome is recorded exactly once"
+    assert seen["fresh_finish"] == {run_id: "COMPLETED"}
+    assert seen["fresh_again"] == {}, "an outcome is recorded exactly once"
     run = app.get_run(run_id)
     assert run is not None
     assert (run.status, run.result, run.attempt, run.recoveries) == ("COMPLETED", "fresh", 2, 1)

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 import durably
-from durably.store import LATEST_VERSION, MIGRATIONS
+from durably.storage import LATEST_VERSION, MIGRATIONS
 
 ALL = [(m.version, m.name) for m in MIGRATIONS]
 

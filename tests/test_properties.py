@@ -1,6 +1,6 @@
 """Property tests: random interleavings of what workers and operators do, against the real store.
 
-A Hypothesis state machine drives ``durably.store.Store`` (and the App's cancel / retry / replay /
+A Hypothesis state machine drives ``durably.storage.Store`` (and the App's cancel / retry / replay /
 fork) on a real PostgreSQL, in a fresh schema per example. It simulates several workers in one
 process without running task bodies. Each registers with its own liveness lock, as the real Worker
 does; claims into its two slot pools; records outcomes through the fenced ``finish`` (ok, retry,
@@ -54,7 +54,8 @@ from hypothesis.stateful import (
 
 import durably
 from durably.errors import UnknownTask
-from durably.store import NewRun, Outcome, Store
+from durably.records import Appended, Claim, Fence, LogWrite, NewRun, Outcome, OutcomeKind, Status
+from durably.storage import Store
 from durably.tasks import CallOptions
 
 P = ParamSpec("P")
@@ -327,8 +328,8 @@ class StoreMachine(RuleBasedStateMachine):
         del worker.executions[(ex.run, ex.attempt)]
         self.seen(f"stale {what} refused")
 
-    def fence(self, worker: MWorker, ex: MExec) -> dict[str, Any]:
-        return {"run_id": ex.run, "attempt": ex.attempt, "worker_id": worker.id}
+    def fence(self, worker: MWorker, ex: MExec) -> Fence:
+        return Fence(ex.run, ex.attempt, worker.id)
 
     def descendants(self, run_id: int) -> list[int]:
         found, todo = [run_id], [run_id]
@@ -413,9 +414,9 @@ class StoreMachine(RuleBasedStateMachine):
         names = sorted(t for t in worker.tasks if TASKS[t].durable == durable)
         return names, worker.caps[durable] - worker.busy(durable)
 
-    def claim_for(self, worker: MWorker, durable: bool, rows: list[Any] | None = None) -> list[int]:
+    def claim_for(self, worker: MWorker, durable: bool, claim: Claim | None = None) -> list[int]:
         """One claim of one slot pool, as the worker's claim loop makes it; returns run ids.
-        With ``rows``, the answer of a claim that raced with another: SKIP LOCKED may have made
+        With ``claim``, the answer of a claim that raced with another: SKIP LOCKED may have made
         it skip runs, but it took only due runs, none twice, within its free slots."""
         names, free = self.claim_args(worker, durable)
         if not names or free <= 0:
@@ -426,23 +427,31 @@ class StoreMachine(RuleBasedStateMachine):
             if r.status == "QUEUED" and r.due and r.queue in worker.queues and r.task in names
         ]
         expected = sorted(due, key=lambda r: (-r.priority, r.id))[:free]
-        if rows is None:
-            rows = self.run(self.store.claim(worker.id, worker.queues, names, free, LONG, durable))
+        if claim is None:
+            claim = self.run(self.store.claim(worker.id, worker.queues, names, free, LONG, durable))
+            rows = claim.runs
         else:
-            taken = {row[0] for row in rows}
+            rows = claim.runs
+            taken = {row.run_id for row in rows}
             assert len(taken) <= free and taken <= {r.id for r in due}, (
                 f"a racing claim of {free} by {worker.id[:8]} took {sorted(taken)}, "
                 f"due: {[r.id for r in due]}"
             )
             expected = [r for r in due if r.id in taken]
-        assert all(row[1] is not None for row in rows), f"no timer is due, yet woken: {rows}"
-        got = {row[0]: row for row in rows}
+        assert claim.woken == 0, f"no timer is due, yet woken: {claim}"
+        got = {row.run_id: row for row in rows}
         assert sorted(got) == sorted(r.id for r in expected), (
             f"a claim of {free} by {worker.id[:8]} took {sorted(got)}, expected "
             f"{[r.id for r in expected]} (priority DESC, id)"
         )
         for run in expected:
-            _, task, _, attempt, failures, max_retries, has_log, _, deadline_in = got[run.id]
+            claimed = got[run.id]
+            task, attempt, failures = claimed.task, claimed.attempt, claimed.failures
+            max_retries, has_log, deadline_in = (
+                claimed.max_retries,
+                claimed.has_log,
+                claimed.deadline_in,
+            )
             assert deadline_in is None  # none of these runs has a run deadline
             assert (task, attempt, failures, max_retries) == (
                 run.task,
@@ -481,20 +490,21 @@ class StoreMachine(RuleBasedStateMachine):
         Worker._release)."""
         if kind == "ok":
             result = json.dumps({"run": ex.run, "attempt": ex.attempt})
-            return Outcome(ex.run, ex.attempt, "ok", result=result)
+            return Outcome(ex.run, ex.attempt, OutcomeKind.OK, result=result)
         if kind == "lost_db":
             error = json.dumps({"type": "DatabaseUnavailable", "attempt": ex.attempt})
-            return Outcome(ex.run, ex.attempt, "release", error=error)
+            return Outcome(ex.run, ex.attempt, OutcomeKind.RELEASE, error=error)
         final = kind == "fatal" or ex.failures >= ex.max_retries
         error = json.dumps({"type": "Boom", "attempt": ex.attempt, "traceback": None})
-        return Outcome(ex.run, ex.attempt, "fail" if final else "retry", error=error)
+        kind = OutcomeKind.FAIL if final else OutcomeKind.RETRY
+        return Outcome(ex.run, ex.attempt, kind, error=error)
 
     def finish_batch(
         self,
         worker: MWorker,
         items: Iterable[tuple[MExec, str]],
         lost_reply: bool = False,
-        rows: list[Any] | None = None,
+        rows: dict[int, Status] | None = None,
         wake: bool = True,
     ) -> None:
         """Write outcomes in one fenced `finish`, as the worker's flusher does; with
@@ -517,9 +527,9 @@ class StoreMachine(RuleBasedStateMachine):
             expected[o.run_id] = "COMPLETED" if o.kind == "ok" else "QUEUED" if again else "FAILED"
         if rows is None:
             rows = self.run(self.store.finish(worker.id, outcomes))
-        assert {row[0]: row[1] for row in rows} == expected, (
+        assert rows == expected, (
             f"finish by {worker.id[:8]} of {[(o.run_id, o.attempt, o.kind) for o in outcomes]}"
-            f" wrote {[row[:2] for row in rows]}, expected {expected}"
+            f" wrote {rows}, expected {expected}"
         )
         ended, released = [], []
         for o in outcomes:
@@ -555,7 +565,7 @@ class StoreMachine(RuleBasedStateMachine):
         if released:
             self.run(self.pin_backoff(released))
         if lost_reply:  # the flusher's retry of a batch that had committed: fenced out entirely
-            assert self.run(self.store.finish(worker.id, outcomes)) == [], "written twice"
+            assert self.run(self.store.finish(worker.id, outcomes)) == {}, "written twice"
             self.seen("lost reply: the batch written again was refused")
 
     async def pin_backoff(self, released: list[MRun]) -> None:
@@ -588,19 +598,10 @@ class StoreMachine(RuleBasedStateMachine):
         lost_reply = pick.chance(5, "lost reply")
         self.finish_batch(worker, zip(execs, kinds, strict=True), lost_reply)
 
-    def append_params(self, worker: MWorker, ex: MExec) -> dict[str, Any]:
-        return {
-            **self.fence(worker, ex),
-            "seq": ex.next_seq,
-            "kind": "step",
-            "name": "s",
-            "key": f"k{ex.next_seq}",
-            "input": "[]",
-            "result": json.dumps({"attempt": ex.attempt}),
-            "error": None,
-            "sleep": None,
-            "done": True,
-        }
+    def append_params(self, worker: MWorker, ex: MExec) -> tuple[Fence, LogWrite]:
+        result = json.dumps({"attempt": ex.attempt})
+        write = LogWrite(ex.next_seq, "step", "s", f"k{ex.next_seq}", "[]", result, done=True)
+        return self.fence(worker, ex), write
 
     def append(self, worker: MWorker, ex: MExec, landed: bool | None = None) -> None:
         """A step's result appended to the log (DurableRun.append), fenced; ``landed``, the
@@ -608,9 +609,9 @@ class StoreMachine(RuleBasedStateMachine):
         run, seq, held = self.runs[ex.run], ex.next_seq, self.holds(worker, ex)
         assert not held or seq not in run.log, "model: a holder appends after its log"
         if landed is None:
-            row = self.run(self.store.log_append(self.append_params(worker, ex)))
+            row = self.run(self.store.log_append(*self.append_params(worker, ex)))
         else:
-            row = (None,) if landed else None
+            row = Appended(None, None) if landed else None
         assert (row is not None) == held, (
             f"append of run {ex.run} attempt {ex.attempt} by {worker.id[:8]}: "
             f"{'written' if row else 'refused'}, expected {'written' if held else 'refused'}"
@@ -638,19 +639,21 @@ class StoreMachine(RuleBasedStateMachine):
         spec = TASKS[task]
         child_id = self.run(
             self.store.log_spawn(
-                {
-                    **self.fence(worker, ex),
-                    "seq": seq,
-                    "key": f"k{seq}",
-                    "task": task,
-                    "queue": queue,
-                    "priority": priority,
-                    "args": json.dumps({"n": seq}),
-                    "max_retries": spec.retries,
-                    "max_recoveries": spec.max_recoveries,
-                    "schedule_timeout": None,
-                    "durable": spec.durable,
-                }
+                self.fence(worker, ex),
+                seq,
+                f"k{seq}",
+                NewRun(
+                    task=task,
+                    queue=queue,
+                    priority=priority,
+                    args=json.dumps({"n": seq}),
+                    max_retries=spec.retries,
+                    max_recoveries=spec.max_recoveries,
+                    delay=0.0,
+                    schedule_timeout=None,
+                    idempotency_key=None,
+                    durable=spec.durable,
+                ),
             )
         )
         assert (child_id is not None) == held, f"spawn by run {ex.run} attempt {ex.attempt}"
@@ -678,8 +681,7 @@ class StoreMachine(RuleBasedStateMachine):
         """The parent saw its child end (DurableRun.wait_children): log_complete, fenced."""
         worker, ex, seq = pick.one(self.can_observe(), "entry")
         held = self.holds(worker, ex)
-        params = {**self.fence(worker, ex), "seq": seq, "result": "1", "error": None}
-        done = self.run(self.store.log_complete(params))
+        done = self.run(self.store.log_complete(self.fence(worker, ex), seq, "1", None))
         assert done == held, f"log_complete of run {ex.run} seq {seq} attempt {ex.attempt}"
         if not held:
             self.refused(worker, ex, "log_complete")
@@ -695,18 +697,20 @@ class StoreMachine(RuleBasedStateMachine):
         worker, ex = pick.one(self.can_suspend(), "execution")
         self.suspend_exec(worker, ex)
 
-    def suspend_params(self, worker: MWorker, ex: MExec) -> dict[str, Any]:
-        children = [e.child for _, e in self.pending_children(ex) if e.child is not None]
-        return {**self.fence(worker, ex), "wake_in": None, "children": children, "event": None}
+    def suspend_children(self, ex: MExec) -> list[int]:
+        return [e.child for _, e in self.pending_children(ex) if e.child is not None]
+
+    def suspend_statement(self, worker: MWorker, ex: MExec) -> Coroutine[Any, Any, Status | None]:
+        children = self.suspend_children(ex)
+        return self.store.suspend(self.fence(worker, ex), None, children, None)
 
     def suspend_exec(
         self, worker: MWorker, ex: MExec, answer: tuple[str | None] | None = None
     ) -> None:
         """Suspend; ``answer``, that of a suspend that raced with another statement."""
         run, held = self.runs[ex.run], self.holds(worker, ex)
-        params = self.suspend_params(worker, ex)
-        children: list[int] = params["children"]
-        status = self.run(self.store.suspend(params)) if answer is None else answer[0]
+        children = self.suspend_children(ex)
+        status = self.run(self.suspend_statement(worker, ex)) if answer is None else answer[0]
         ready = bool(children) and all(self.runs[c].status in TERMINAL for c in children)
         expected = None if not held else "QUEUED" if ready else "WAITING"
         assert status == expected, f"suspend of run {ex.run} on {children}"
@@ -1195,11 +1199,11 @@ class StoreMachine(RuleBasedStateMachine):
         assert not self.holds(worker, ex)
         fence = self.fence(worker, ex)
         if write == "suspend":
-            params = {**fence, "wake_in": None, "children": [ex.run], "event": None}
-            assert self.run(self.store.suspend(params)) is None, f"stale suspend of {ex.run}"
+            suspended = self.run(self.store.suspend(fence, None, [ex.run], None))
+            assert suspended is None, f"stale suspend of {ex.run}"
         else:
-            params = {**fence, "seq": 0, "result": "1", "error": None}
-            assert self.run(self.store.log_complete(params)) is False, f"stale complete {ex.run}"
+            completed = self.run(self.store.log_complete(fence, 0, "1", None))
+            assert completed is False, f"stale complete {ex.run}"
         self.refused(worker, ex, write)
 
     # -- races: two statements at once; whichever order they took, it must be one of the orders
@@ -1306,7 +1310,7 @@ class StoreMachine(RuleBasedStateMachine):
         worker, ex = pick.one([(w, ex) for w, ex in self.holders() if ex.durable], "execution")
         self.age_leases(worker)
         row, swept = self.race(
-            self.store.log_append(self.append_params(worker, ex)),
+            self.store.log_append(*self.append_params(worker, ex)),
             self.store.sweep(dead_after=LONG),
         )
         assert swept is not None
@@ -1322,7 +1326,7 @@ class StoreMachine(RuleBasedStateMachine):
             self.seen("race: the sweeper skipped a run being appended to")
         self.sweep_model(swept, frozenset({ex.run}) if status == "RUNNING" else frozenset())
 
-    def claim_statement(self, worker: MWorker, durable: bool) -> Coroutine[Any, Any, list[Any]]:
+    def claim_statement(self, worker: MWorker, durable: bool) -> Coroutine[Any, Any, Claim]:
         names, free = self.claim_args(worker, durable)
         return self.store.claim(worker.id, worker.queues, names, free, LONG, durable)
 
@@ -1338,7 +1342,7 @@ class StoreMachine(RuleBasedStateMachine):
         end = pick.one(("ok", "fatal", "error"), "child's outcome")
         rows, status = self.race(
             self.store.finish(cw.id, [self.outcome(cex, end)]),
-            self.store.suspend(self.suspend_params(pw, pex)),
+            self.suspend_statement(pw, pex),
         )
         if status == "QUEUED":  # the suspension saw the child's end (or another child's)
             self.seen("race: the suspension saw the child end")
@@ -1553,7 +1557,7 @@ def test_one_key_on_two_tasks(database_url: str, schema: str) -> None:
             ids = await store.enqueue(runs)
             assert len(set(ids)) == 2, f"two runs, one id: {ids}"
             rows = [await store.get_run(i) for i in ids]
-            return [(r[1], r[12]) for r in rows if r is not None]
+            return [(r.task, r.idempotency_key) for r in rows if r is not None]
         finally:
             await store.close()
 

@@ -19,7 +19,8 @@ import psycopg
 import pytest
 
 import durably
-from durably.store import Outcome, Store
+from durably.records import Outcome, OutcomeKind
+from durably.storage import Store
 from tests.apps import queue_app
 from tests.helpers import WorkerProcess, wait_until
 
@@ -176,7 +177,7 @@ def test_finish_announces_500_runs_with_19_digit_ids_in_bounded_payloads(
     )
     with psycopg.connect(database_url, autocommit=True) as listener:
         listener.execute(f'LISTEN "{store.channel}"')
-        outcomes = [Outcome(i, 1, "ok", result="null") for i in ids]
+        outcomes = [Outcome(i, 1, OutcomeKind.OK, result="null") for i in ids]
         written = store.loop.run_until_complete(store.finish(worker_id, outcomes))  # type: ignore[attr-defined]
         payloads = [n.payload for n in listener.notifies(timeout=2.0)]
     assert len(written) == 500
@@ -237,10 +238,9 @@ def test_20000_timers_due_at_once_are_woken_in_bounded_claims(
     )
     # One claim wakes a bounded batch of the due timers, not all 20,000 in one statement.
     claim = store.claim(str(uuid.uuid4()), ["default"], ["napper"], 1, 30.0, durable=True)
-    rows = store.loop.run_until_complete(claim)  # type: ignore[attr-defined]
-    markers = [row for row in rows if row[1] is None]
-    assert 0 < len(markers) <= 1000
-    assert statuses(db, schema)["WAITING"] == n - len(markers)
+    woken = store.loop.run_until_complete(claim).woken  # type: ignore[attr-defined]
+    assert 0 < woken <= 1000
+    assert statuses(db, schema)["WAITING"] == n - woken
     # A worker still wakes and runs every one of them.
     with qapp.worker(durable_slots=500):
         wait_until(

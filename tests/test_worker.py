@@ -12,7 +12,8 @@ import psycopg
 import pytest
 
 import durably
-from durably.store import _QUERIES
+from durably.records import ClaimedRun
+from durably.storage import QUERIES
 from tests.helpers import wait_until
 
 
@@ -317,7 +318,7 @@ def test_a_pool_claim_does_not_read_the_other_pools_runs(
 
     plain.enqueue_many([()] * 2_000)
     db.execute(f'ANALYZE "{schema}".runs')
-    sql = _QUERIES["claim_pick_one_queue"].replace("{schema}", f'"{schema}"')
+    sql = QUERIES["claim_pick_one_queue"].replace("{schema}", f'"{schema}"')
     params = {"queues": ["default"], "tasks": ["flow"], "durable": True, "limit": 10}
     with db.transaction():
         plan = db.execute(f"EXPLAIN (ANALYZE, FORMAT JSON) {sql}", params).fetchone()
@@ -343,8 +344,18 @@ def test_a_run_cancelled_before_its_task_starts_frees_its_slot(app: durably.App)
     worker = app.make_worker(slots=1)
 
     async def claim_then_cancel() -> None:
-        row = (1, "never_starts", '{"args": [], "kwargs": {}}', 1, 0, 0, False, None, None)
-        worker._start(row)
+        claimed = ClaimedRun(
+            run_id=1,
+            task="never_starts",
+            args='{"args": [], "kwargs": {}}',
+            attempt=1,
+            failures=0,
+            max_retries=0,
+            has_log=False,
+            trace_context=None,
+            deadline_in=None,
+        )
+        worker._start(claimed)
         assert worker.busy[False] == 1
         worker._abandon(1, "cancelled")  # before the loop ever ran the task
         await asyncio.sleep(0)

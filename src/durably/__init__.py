@@ -20,9 +20,10 @@ from .errors import (
     UnknownSchedule,
     UnknownTask,
 )
+from .records import Run
 from .retry import Backoff
 from .schedules import Schedule
-from .tasks import BoundTask, Run, RunHandle, Task
+from .tasks import BoundTask, RunHandle, Task
 from .worker import Worker
 
 __all__ = [

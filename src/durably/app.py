@@ -18,10 +18,11 @@ from .errors import ConfigurationError, UnknownTask
 from .flow import QueueLimits, Rate, check_limit
 from .notify import Listener, Waiters
 from .portal import Portal
+from .records import Run
 from .schedules import Schedule
 from .serde import check_text, encode_value
-from .store import LATEST_VERSION, Store, check_schema_name, connect
-from .tasks import Run, RunHandle, Task, TaskOptions
+from .storage import LATEST_VERSION, Store, check_schema_name, connect
+from .tasks import RunHandle, Task, TaskOptions
 
 if TYPE_CHECKING:
     from .worker import Worker
@@ -226,8 +227,7 @@ class App:
 
     async def get_run_async(self, run_id: int) -> Run | None:
         """The stored state of one run, or None when there is no such run."""
-        row = await (await self.store()).get_run(run_id)
-        return None if row is None else Run.from_row(row)
+        return await (await self.store()).get_run(run_id)
 
     def get_run(self, run_id: int) -> Run | None:
         """The stored state of one run, or None when there is no such run."""
@@ -243,8 +243,7 @@ class App:
     ) -> list[Run]:
         """Runs, newest first, optionally filtered by status, task and queue."""
         store = await self.store()
-        rows = await store.list_runs(status, task, queue, limit, before_id)
-        return [Run.from_row(r) for r in rows]
+        return await store.list_runs(status, task, queue, limit, before_id)
 
     def list_runs(
         self,
@@ -313,24 +312,7 @@ class App:
 
     async def event_log_async(self, run_id: int) -> list[dict[str, Any]]:
         """A run's event log, oldest first."""
-        rows = await (await self.store()).log_list(run_id)
-        keys = [
-            "seq",
-            "kind",
-            "name",
-            "key",
-            "input",
-            "result",
-            "error",
-            "child_id",
-            "event_id",
-            "wake_at",
-            "done",
-            "attempt",
-            "created_at",
-            "completed_at",
-        ]
-        return [dict(zip(keys, row, strict=True)) for row in rows]
+        return await (await self.store()).log_list(run_id)
 
     def event_log(self, run_id: int) -> list[dict[str, Any]]:
         """A run's event log, oldest first."""

@@ -22,7 +22,6 @@ import json
 import random as _random
 import uuid
 from collections.abc import Awaitable, Callable, Generator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -30,6 +29,7 @@ import pydantic
 
 from . import telemetry
 from .errors import ChildFailed, NonDeterminismError, NotSerializable, StepFailed
+from .records import CURRENT_RUN, Entry, Status
 from .serde import (
     ReturnType,
     as_stored,
@@ -46,48 +46,13 @@ if TYPE_CHECKING:
     from .tasks import BoundTask, CallOptions, Task
 
 T = TypeVar("T")
-TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
 _step_key: contextvars.ContextVar[str | None] = contextvars.ContextVar("durably_step", default=None)
-CURRENT_RUN: contextvars.ContextVar[int | None] = contextvars.ContextVar(
-    "durably_run", default=None
-)
 
 
 def current_run_id() -> int | None:
     """Inside a task (or durable task) executed by a worker: the id of its run, e.g. to key an
     external side effect so that at-least-once execution applies it once. None elsewhere."""
     return CURRENT_RUN.get()
-
-
-class Suspend(BaseException):
-    """Raised through user code to unwind a durable run that waits too long: a BaseException so
-    that ``except Exception`` in user code does not swallow it."""
-
-    def __init__(self, wake_in: float | None, children: list[int], event: str | None) -> None:
-        super().__init__("suspended")
-        self.wake_in = wake_in
-        self.children = children
-        self.event = event
-
-
-@dataclass
-class Entry:
-    """One recorded operation, as loaded from the log."""
-
-    seq: int
-    kind: str
-    name: str
-    key: str
-    input: Any
-    result: Any
-    error: dict[str, Any] | None
-    child_id: int | None
-    event_id: int | None
-    wake_in: float | None
-    done: bool
-    child_status: str | None = None
-    child_result: Any = None
-    child_error: dict[str, Any] | None = None
 
 
 def operation_key(kind: str, name: str, input_json: str) -> str:
@@ -339,18 +304,19 @@ class DurableContext:
         ids = [await child.id() for child in children]
         outcomes = await self._run.wait_children([c.seq for c in children], ids)
         results = []
-        for child, child_id, (status, result, error) in zip(children, ids, outcomes, strict=True):
-            if status != "COMPLETED":
-                err = error or {"type": status, "message": ""}
+        for child, child_id, end in zip(children, ids, outcomes, strict=True):
+            if end.status != Status.COMPLETED:
+                err = end.error or {"type": end.status, "message": ""}
                 what = f"{err.get('type')}: {err.get('message')}"
                 raise ChildFailed(
-                    f"child run {child_id} {status.lower()}: {what}",
+                    f"child run {child_id} {end.status.lower()}: {what}",
                     child_id=child_id,
                     error=err,
                 )
             returns = self._child_returns.get(child.seq)
             name = self._run.child_names.get(child.seq, "")
-            results.append(result if returns is None else _decoded("child", name, returns, result))
+            value = end.result
+            results.append(value if returns is None else _decoded("child", name, returns, value))
         return results
 
     # -- waits ---------------------------------------------------------------------------------

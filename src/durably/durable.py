@@ -7,19 +7,20 @@ import asyncio
 import functools
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import failpoints, telemetry
-from .context import DurableContext, Entry, Suspend, SyncDurableContext
+from .context import DurableContext, SyncDurableContext
 from .errors import LeaseLost, NonDeterminismError
+from .records import Appended, ChildEnd, Entry, Fence, LogWrite, NewRun, Status, Suspend
 from .serde import dumps
-from .store import NewRun, UserCodeFailed, is_transient
+from .storage import UserCodeFailed, is_transient
 
 if TYPE_CHECKING:
     from .tasks import Task
     from .worker import Worker, _Execution
 
-TERMINAL = ("COMPLETED", "FAILED", "CANCELLED")
 T = TypeVar("T")
 
 
@@ -44,7 +45,7 @@ class DurableRun:
         self.suspending: Suspend | None = None
         # Children whose end this execution recorded (seq -> outcome): awaited again, they
         # answer from here, not by completing their entry a second time.
-        self.observed: dict[int, tuple[str, Any, Any]] = {}
+        self.observed: dict[int, ChildEnd] = {}
         # Open ctx.transactions hold the run's row lock: they take turns (see log_hold), and
         # the attempt's suspension and outcome, which would wait for that lock on one of the
         # engine's connections, are written only once none is open.
@@ -58,8 +59,10 @@ class DurableRun:
         """True once the worker gave this execution up (cancelled, lease lost)."""
         return self.ex.abandoned or self.lost
 
-    def _fence(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "attempt": self.attempt, "worker_id": self.worker.id}
+    @property
+    def fence(self) -> Fence:
+        """Who may write for this attempt."""
+        return Fence(self.run_id, self.attempt, self.worker.id)
 
     async def call(self, args: list[Any], kwargs: dict[str, Any], has_log: bool) -> Any:
         """Run the task function against the log; raises Suspend, LeaseLost or its error."""
@@ -119,30 +122,13 @@ class DurableRun:
 
     # -- appends -------------------------------------------------------------------------------
 
-    async def _append(
-        self, seq: int, kind: str, name: str, key: str, input_json: str, **fields: Any
-    ) -> tuple[Any, ...]:
-        """Append one entry, fenced; returns (stored result, seconds until its wake time).
-        ``input_json`` is the encoded input; ``fields`` overrides result (encoded), error,
-        sleep (seconds) and done."""
-        params = {
-            **self._fence(),
-            "seq": seq,
-            "kind": kind,
-            "name": name,
-            "key": key,
-            "input": input_json,
-            "result": None,
-            "error": None,
-            "sleep": None,
-            "done": False,
-            **fields,
-        }
-        row = await self._db(self.store.log_append(params))
+    async def _append(self, write: LogWrite) -> Appended:
+        """Append one entry, fenced; returns it as stored."""
+        row = await self._db(self.store.log_append(self.fence, write))
         self._check(row is not None)
-        telemetry.event(kind, seq=seq, name=name, failed=fields.get("error") is not None)
+        telemetry.event(write.kind, seq=write.seq, name=write.name, failed=write.error is not None)
         assert row is not None
-        return tuple(row)
+        return row
 
     async def append(
         self,
@@ -156,76 +142,37 @@ class DurableRun:
     ) -> Any:
         """Append a finished entry (input and result already encoded, and checked against the
         payload limit); returns the stored result, as Postgres gives it back."""
-        row = await self._append(
-            seq,
-            kind,
-            name,
-            key,
-            input_json,
-            result=result_json,
-            error=None if error is None else dumps(error),
-            done=True,
-        )
-        return row[0]
+        error_json = None if error is None else dumps(error)
+        write = LogWrite(seq, kind, name, key, input_json, result_json, error_json, done=True)
+        return (await self._append(write)).result
 
     async def append_sleep(self, seq: int, key: str, seconds: float) -> float:
         """Record a timer; returns the seconds left (database clock)."""
-        row = await self._append(
-            seq, "sleep", "sleep", key, dumps({"seconds": seconds}), sleep=float(seconds)
-        )
-        return float(row[1])
+        write = LogWrite(seq, "sleep", "sleep", key, dumps({"seconds": seconds}))
+        wake_in = (await self._append(replace(write, sleep=float(seconds)))).wake_in
+        assert wake_in is not None
+        return wake_in
 
     async def append_wait(
         self, seq: int, key: str, event: str, timeout: float | None
     ) -> float | None:
         """Record an event wait (with its deadline, if any)."""
-        row = await self._append(
-            seq,
-            "event",
-            event,
-            key,
-            dumps({"key": event, "timeout": timeout}),
-            sleep=None if timeout is None else float(timeout),
-        )
-        return None if row[1] is None else float(row[1])
+        write = LogWrite(seq, "event", event, key, dumps({"key": event, "timeout": timeout}))
+        return (await self._append(replace(write, sleep=timeout))).wake_in
 
     async def complete(self, seq: int, result: Any, error: dict[str, Any] | None) -> None:
         """Mark a pending entry done with its outcome."""
-        params = {
-            **self._fence(),
-            "seq": seq,
-            "result": None if result is None else dumps(result),
-            "error": None if error is None else dumps(error),
-        }
-        self._check(await self._db(self.store.log_complete(params)))
+        result_json = None if result is None else dumps(result)
+        error_json = None if error is None else dumps(error)
+        self._check(
+            await self._db(self.store.log_complete(self.fence, seq, result_json, error_json))
+        )
 
     async def spawn(self, seq: int, key: str, run: NewRun, durable: bool) -> int:
         """Create the child run and its entry in one fenced statement; returns the child id."""
         failpoints.hit("before_spawn", run.task)
-        child_id = await self._db(
-            self.store.log_spawn(
-                {
-                    **self._fence(),
-                    "seq": seq,
-                    "key": key,
-                    "task": run.task,
-                    "queue": run.queue,
-                    "priority": run.priority,
-                    "args": run.args,
-                    "max_retries": run.max_retries,
-                    "max_recoveries": run.max_recoveries,
-                    "schedule_timeout": run.schedule_timeout,
-                    "durable": durable,
-                    "trace_context": run.trace_context,
-                    "concurrency_key": run.concurrency_key,
-                    "fairness_key": run.fairness_key,
-                    "flow": run.flow,
-                    "delay": run.delay,
-                    "idempotency_key": run.idempotency_key,
-                    "execution_deadline": run.execution_deadline,
-                }
-            )
-        )
+        child = replace(run, durable=durable)
+        child_id = await self._db(self.store.log_spawn(self.fence, seq, key, child))
         self._check(child_id is not None)
         assert child_id is not None
         telemetry.event("child", seq=seq, name=run.task, child_id=child_id)
@@ -243,23 +190,12 @@ class DurableRun:
     ) -> Any:
         """Run ``fn(conn, *args)`` and record its result, encoded by ``encode``, in the same
         transaction: an error from ``encode`` rolls back ``fn``'s writes too."""
-        params = {
-            **self._fence(),
-            "seq": seq,
-            "kind": "transaction",
-            "name": name,
-            "key": key,
-            "input": dumps(list(args)),
-            "error": None,
-            "sleep": None,
-            "done": True,
-            "lease": self.worker.lease,
-        }
+        write = LogWrite(seq, "transaction", name, key, dumps(list(args)), done=True)
         self._open_transactions += 1
         self._no_transaction.clear()
         try:
             async with self._transaction_turn:
-                held, value = await self._db(self._in_transaction(params, fn, args, encode))
+                held, value = await self._db(self._in_transaction(write, fn, args, encode))
         except UserCodeFailed as failure:
             error: Exception | None = failure.error
         else:
@@ -276,32 +212,38 @@ class DurableRun:
 
     async def _in_transaction(
         self,
-        params: dict[str, Any],
+        write: LogWrite,
         fn: Callable[..., Any],
         args: tuple[Any, ...],
         encode: Callable[[Any], str],
     ) -> tuple[bool, Any]:
+        lease = self.worker.lease
+
+        def call(conn: Any) -> Any:
+            return fn(conn, *args)
+
         if asyncio.iscoroutinefunction(fn):
-            return await self.store.in_transaction(params, fn, args, encode)
+            return await self.store.in_transaction(self.fence, write, lease, call, encode)
         # On the worker's own threads, not the loop's small default pool: user code that hangs
         # there would starve every other sync step of the worker.
-        call = functools.partial(self.store.in_transaction_sync, params, fn, args, encode)
-        return await asyncio.get_running_loop().run_in_executor(self.worker.threads, call)
+        run = functools.partial(self.store.in_transaction_sync, self.fence, write, lease, call)
+        return await asyncio.get_running_loop().run_in_executor(self.worker.threads, run, encode)
 
     # -- waits ---------------------------------------------------------------------------------
 
-    def _recorded_child(self, seq: int) -> tuple[str, Any, Any] | None:
+    def _recorded_child(self, seq: int) -> ChildEnd | None:
         if seq in self.observed:
             return self.observed[seq]
         entry = self.log.get(seq)
         if entry is None or not entry.done:
             return None
-        status = "COMPLETED" if entry.error is None else str(entry.error.get("status", "FAILED"))
-        return status, entry.result, entry.error
+        error = entry.error
+        status = Status.COMPLETED if error is None else error.get("status", Status.FAILED)
+        return ChildEnd(status, entry.result, error)
 
-    async def wait_children(self, seqs: list[int], ids: list[int]) -> list[tuple[str, Any, Any]]:
+    async def wait_children(self, seqs: list[int], ids: list[int]) -> list[ChildEnd]:
         """Outcomes of children, in order: recorded ones from the log, others awaited."""
-        outcomes: dict[int, tuple[str, Any, Any]] = {}
+        outcomes: dict[int, ChildEnd] = {}
         for seq in seqs:
             recorded = self._recorded_child(seq)
             if recorded is not None:
@@ -312,14 +254,16 @@ class DurableRun:
             tokens = [f"done:{cid}" for cid in pending.values()]
             futures = [self.worker.waiters.watch(t) for t in tokens]
             try:
-                rows = await self._db(self.store.children_status(list(pending.values())))
+                ends = await self._db(self.store.children_status(list(pending.values())))
                 for seq, cid in pending.items():
-                    status, result, error = rows[cid]
-                    if status in TERMINAL:
-                        stored = None if error is None else {**error, "status": status}
-                        await self.complete(seq, result, stored)
+                    end = ends[cid]
+                    if end.ended:
+                        stored = None if end.error is None else {**end.error, "status": end.status}
+                        await self.complete(seq, end.result, stored)
                         failpoints.hit("after_observe", self.child_names.get(seq, ""))
-                        outcomes[seq] = self.observed[seq] = (status, result, stored)
+                        outcomes[seq] = self.observed[seq] = ChildEnd(
+                            end.status, end.result, stored
+                        )
                 if len(outcomes) == len(seqs):
                     break
                 suspend = Suspend(None, list(pending.values()), None)
@@ -345,11 +289,9 @@ class DurableRun:
         while True:
             fut = self.worker.waiters.watch(token)
             try:
-                taken = await self._db(
-                    self.store.take_event({**self._fence(), "seq": seq, "key": key})
-                )
+                taken = await self._db(self.store.take_event(self.fence, seq, key))
                 if taken is not None:
-                    return taken[1]
+                    return taken.payload
                 left = None if wake_in is None else wake_in - (time.monotonic() - started)
                 if left is not None and left <= 0:
                     message = f"no event {key!r} arrived within the timeout"
@@ -380,13 +322,4 @@ class DurableRun:
 
     async def suspend(self, s: Suspend) -> None:
         """Release the slot: WAITING until what the run waits for happens."""
-        await self._db(
-            self.store.suspend(
-                {
-                    **self._fence(),
-                    "wake_in": s.wake_in,
-                    "children": s.children or None,
-                    "event": s.event,
-                }
-            )
-        )
+        await self._db(self.store.suspend(self.fence, s.wake_in, s.children, s.event))

@@ -2,9 +2,9 @@
 and fair turns across keys (docs/flow-control.md).
 
 Limits are declared in code (``@app.task(concurrency=5, ...)``, :meth:`App.queue`) and enforced by
-PostgreSQL inside the claim (``claim_pick_controlled`` in ``sql/queries.sql``). This module checks
+PostgreSQL inside the claim (``claim_pick_controlled`` in ``sql/flow.sql``). This module checks
 the declarations, computes a run's keys at enqueue, and turns one slot pool's declarations into
-the claim's parameters.
+the claim's rules (:class:`durably.records.FlowRules`).
 """
 
 from __future__ import annotations
@@ -12,12 +12,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from .records import FlowRules, QueueRules, TaskRules
 from .serde import Signature, check_text
-
-if TYPE_CHECKING:
-    from .tasks import Task
 
 # A key is a function of the call's arguments, or True: the key is given per call (options()).
 KeySource = Callable[..., str | None] | bool | None
@@ -195,39 +193,46 @@ class QueueLimits:
     rate: Rate | None = None
 
 
-def claim_params(
-    tasks: Sequence[Task[Any, Any]], queues: Sequence[str], limits: Mapping[str, QueueLimits]
-) -> dict[str, Any] | None:
-    """The flow-control parameters of one slot pool's claim (``claim_pick_controlled``), or
-    None when none of its tasks and queues is controlled (the plain claim then serves it)."""
-    limited_queues = [q for q in queues if q in limits]
+def claim_rules(
+    tasks: Mapping[str, TaskFlow], queues: Sequence[str], limits: Mapping[str, QueueLimits]
+) -> FlowRules | None:
+    """The flow control of one slot pool's claim (tasks by name), or None when none of its
+    tasks and queues is controlled (the plain claim then serves it)."""
+    limited = [q for q in queues if q in limits]
     # Every task can be enqueued to any queue, so a limited queue puts the whole pool under it.
-    controlled = [t for t in tasks if t.flow.controlled or limited_queues]
+    controlled = {n: f for n, f in tasks.items() if f.controlled or limited}
     if not controlled:
         return None
-    rates: dict[str, float] = {}
-    for t in controlled:
-        if t.flow.rate:
-            rates[f"t:{t.name}"] = t.flow.rate.seconds
-        if t.flow.key_rate:
-            rates[f"k:{t.name}"] = t.flow.key_rate.seconds
-    queue_limits = [limits[q] for q in limited_queues]
-    for q, ql in zip(limited_queues, queue_limits, strict=True):
-        if ql.rate:
-            rates[f"q:{q}"] = ql.rate.seconds
-    flows = [t.flow for t in controlled]
-    return {
-        "c_task": [t.name for t in controlled],
-        "c_cap": [f.concurrency for f in flows],
-        "c_rate_n": [f.rate.count if f.rate else None for f in flows],
-        "c_key_cap": [f.key_concurrency for f in flows],
-        "c_key_rate_n": [f.key_rate.count if f.key_rate else None for f in flows],
-        "c_ordered": [f.key_ordered for f in flows],
-        "c_fair": [f.fairness_key is not None for f in flows],
-        "q_name": limited_queues,
-        "q_cap": [ql.concurrency for ql in queue_limits],
-        "q_rate_n": [ql.rate.count if ql.rate else None for ql in queue_limits],
-        "free": [t.name for t in tasks if t not in controlled],
-        "r_rule": list(rates),
-        "r_seconds": list(rates.values()),
-    }
+    windows: dict[str, float] = {}
+    for name, f in controlled.items():
+        if f.rate:
+            windows[f"t:{name}"] = f.rate.seconds
+        if f.key_rate:
+            windows[f"k:{name}"] = f.key_rate.seconds
+    for q in limited:
+        rate = limits[q].rate
+        if rate:
+            windows[f"q:{q}"] = rate.seconds
+    return FlowRules(
+        tasks=tuple(_task_rules(n, f) for n, f in controlled.items()),
+        queues=tuple(_queue_rules(q, limits[q]) for q in limited),
+        free=tuple(n for n in tasks if n not in controlled),
+        windows=windows,
+    )
+
+
+def _task_rules(name: str, f: TaskFlow) -> TaskRules:
+    return TaskRules(
+        task=name,
+        concurrency=f.concurrency,
+        rate_count=f.rate.count if f.rate else None,
+        key_concurrency=f.key_concurrency,
+        key_rate_count=f.key_rate.count if f.key_rate else None,
+        ordered=f.key_ordered,
+        fair=f.fairness_key is not None,
+    )
+
+
+def _queue_rules(queue: str, limits: QueueLimits) -> QueueRules:
+    rate = limits.rate
+    return QueueRules(queue, limits.concurrency, rate.count if rate else None)

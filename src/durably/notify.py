@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 
 from .errors import DurablyError
-from .store import first_line, is_transient
+from .storage import first_line, is_transient
 
 log = logging.getLogger("durably.notify")
 

@@ -8,6 +8,8 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from .records import CURRENT_RUN
+
 T = TypeVar("T")
 
 
@@ -51,8 +53,6 @@ class Portal:
 def _in_async_task() -> bool:
     """True inside an ``async def`` task run by a worker: a run is current and this thread runs
     an event loop (a sync task runs on a thread of its own, where blocking is harmless)."""
-    from .context import CURRENT_RUN  # the portal sits below the task API
-
     try:
         asyncio.get_running_loop()
     except RuntimeError:

@@ -24,8 +24,9 @@ import psycopg
 
 from . import cron as cronlib
 from .errors import DurablyError, UnknownSchedule
+from .records import DueSchedule, NewRun, ScheduleRow, ScheduleSpec
 from .serde import check_text, dumps
-from .store import NewRun, Store, first_line
+from .storage import first_line
 from .tasks import CallOptions, Task
 
 if TYPE_CHECKING:
@@ -69,25 +70,23 @@ class Schedule:
     app: App = field(repr=False, compare=False)
 
     @classmethod
-    def from_row(cls, app: App, row: tuple[Any, ...]) -> Schedule:
-        """Build from a row with the columns of ``schedule_list``."""
-        name, task, cron, timezone, payload, catch_up, declared, paused, *times = row[:13]
-        next_fire_at, last_fired_at, last_run_id, created_at, updated_at = times
+    def from_row(cls, app: App, row: ScheduleRow) -> Schedule:
+        """Build from a schedule as stored."""
         return cls(
-            name=name,
-            task=task,
-            cron=cron,
-            timezone=timezone,
-            args=payload.get("args", []),
-            kwargs=payload.get("kwargs", {}),
-            catch_up=catch_up,
-            declared=declared,
-            paused=paused,
-            next_fire_at=next_fire_at,
-            last_fired_at=last_fired_at,
-            last_run_id=last_run_id,
-            created_at=created_at,
-            updated_at=updated_at,
+            name=row.name,
+            task=row.task,
+            cron=row.cron,
+            timezone=row.timezone,
+            args=row.args.get("args", []),
+            kwargs=row.args.get("kwargs", {}),
+            catch_up=row.catch_up,
+            declared=row.declared,
+            paused=row.paused,
+            next_fire_at=row.next_fire_at,
+            last_fired_at=row.last_fired_at,
+            last_run_id=row.last_run_id,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
             app=app,
         )
 
@@ -243,12 +242,6 @@ def _next(cron: cronlib.Cron, tz: ZoneInfo, after: datetime) -> datetime:
 # -- client operations (App's schedule methods) ---------------------------------------------
 
 
-async def _now(store: Store) -> datetime:
-    rows = await store.fetch("schedule_now")
-    now: datetime = rows[0][0]
-    return now
-
-
 async def save(
     app: App,
     task: Task[Any, Any] | str,
@@ -273,34 +266,27 @@ async def save(
     encoded = task.new_run(call_args, call_kwargs, CallOptions()).args  # checked like enqueue
     name = check_text(name or default_name(task, call_args, call_kwargs), "schedule name")
     store = await app.store()
-    params = {
-        "name": name,
-        "task": task.name,
-        "cron": cron,
-        "timezone": timezone,
-        "args": encoded,
-        "catch_up": catch_up,
-        "next_fire_at": parsed.next_after(await _now(store), tz),
-    }
-    rows = await store.fetch("schedule_save", params)
-    if not rows:
+    next_fire_at = parsed.next_after(await store.now(), tz)
+    spec = ScheduleSpec(name, task.name, cron, timezone, encoded, catch_up, next_fire_at)
+    row = await store.schedule_save(spec)
+    if row is None:
         raise ValueError(
             f"schedule {name!r} is declared by @app.task(cron=...) on task {task.name!r}: change "
             "it in the code, or pass another name="
         )
-    return Schedule.from_row(app, rows[0])
+    return Schedule.from_row(app, row)
 
 
 async def list_all(app: App) -> list[Schedule]:
     """Every schedule, by name."""
-    rows = await (await app.store()).fetch("schedule_list")
+    rows = await (await app.store()).schedule_list()
     return [Schedule.from_row(app, row) for row in rows]
 
 
 async def get(app: App, name: str) -> Schedule | None:
     """The schedule ``name``, or None."""
-    rows = await (await app.store()).fetch("schedule_get", {"name": name})
-    return Schedule.from_row(app, rows[0]) if rows else None
+    row = await (await app.store()).schedule_get(name)
+    return None if row is None else Schedule.from_row(app, row)
 
 
 def _unknown(app: App, name: str) -> UnknownSchedule:
@@ -311,25 +297,24 @@ def _unknown(app: App, name: str) -> UnknownSchedule:
 
 async def pause(app: App, name: str) -> Schedule:
     """Stop firing ``name`` until it is resumed."""
-    rows = await (await app.store()).fetch("schedule_pause", {"name": name})
-    if not rows:
+    row = await (await app.store()).schedule_pause(name)
+    if row is None:
         raise _unknown(app, name)
-    return Schedule.from_row(app, rows[0])
+    return Schedule.from_row(app, row)
 
 
 async def resume(app: App, name: str) -> Schedule:
     """Fire ``name`` again from its next tick after now (the paused time is not caught up)."""
     store = await app.store()
-    rows = await store.fetch("schedule_get", {"name": name})
-    if not rows:
+    row = await store.schedule_get(name)
+    if row is None:
         raise _unknown(app, name)
-    current, now = Schedule.from_row(app, rows[0]), rows[0][13]
-    if not current.paused:
-        return current
-    tz = cronlib.zone(current.timezone)
-    params = {"name": name, "next_fire_at": cronlib.parse(current.cron).next_after(now, tz)}
-    resumed = await store.fetch("schedule_resume", params)
-    return Schedule.from_row(app, resumed[0]) if resumed else await _must_get(app, name)
+    if not row.paused:
+        return Schedule.from_row(app, row)
+    tz = cronlib.zone(row.timezone)
+    next_fire_at = cronlib.parse(row.cron).next_after(await store.now(), tz)
+    resumed = await store.schedule_resume(name, next_fire_at)
+    return Schedule.from_row(app, resumed) if resumed else await _must_get(app, name)
 
 
 async def _must_get(app: App, name: str) -> Schedule:
@@ -341,7 +326,7 @@ async def _must_get(app: App, name: str) -> Schedule:
 
 async def delete(app: App, name: str) -> bool:
     """Delete ``name``; False when there was no such schedule."""
-    return bool(await (await app.store()).fetch("schedule_delete", {"name": name}))
+    return await (await app.store()).schedule_delete(name)
 
 
 # -- the scheduler loop of every worker -------------------------------------------------------
@@ -381,46 +366,51 @@ class Scheduler:
         store = self.worker.store
         plain = [t.name for t in self.registry.values() if t.cron is None]
         if plain:
-            for (name,) in await store.fetch("schedule_forget", {"tasks": plain}):
+            for name in await store.schedule_forget(plain):
                 log.info("schedule %r removed: its task no longer declares cron=", name)
         crons = [t for t in self.registry.values() if t.cron is not None]
         if not crons:
             return
-        now = await _now(store)
+        now = await store.now()
         for task in crons:
             assert task.cron is not None
             timezone = task.timezone or "UTC"
-            params = {
-                "name": task.name,
-                "task": task.name,
-                "cron": task.cron,
-                "timezone": timezone,
-                "args": dumps({"args": [], "kwargs": {}}),
-                "catch_up": task.catch_up or DEFAULT_CATCH_UP,
-                "next_fire_at": cronlib.next_fire(task.cron, now, timezone),
-            }
-            if await store.fetch("schedule_declare", params):
+            spec = ScheduleSpec(
+                name=task.name,
+                task=task.name,
+                cron=task.cron,
+                timezone=timezone,
+                args=dumps({"args": [], "kwargs": {}}),
+                catch_up=task.catch_up or DEFAULT_CATCH_UP,
+                next_fire_at=cronlib.next_fire(task.cron, now, timezone),
+            )
+            if await store.schedule_declare(spec):
                 log.info("schedule %r declared: %s (%s)", task.name, task.cron, timezone)
 
     async def fire_due(self) -> float:
         """Fire every due schedule read; returns seconds to sleep before the next pass."""
-        rows = await self.worker.store.fetch(
-            "schedule_due", {"tasks": self.tasks, "limit": DUE_BATCH, "missed_after": MISSED_AFTER}
-        )
+        rows = await self.worker.store.schedules_due(self.tasks, DUE_BATCH, MISSED_AFTER)
         again = False
         for row in rows:
-            if row[8] > 0:
+            if row.wait_s > 0:
                 # Rows come by next_fire_at: the first one not due says how long to sleep.
-                return 0.0 if again else min(MAX_SLEEP, row[8] + 0.002)
+                return 0.0 if again else min(MAX_SLEEP, row.wait_s + 0.002)
             moved_on = await self.fire(row)
             # Still due after firing (catching up "all" in batches), or maybe more rows due.
             again = again or moved_on is True or (moved_on is False and len(rows) == DUE_BATCH)
         return 0.0 if again else MAX_SLEEP
 
-    async def fire(self, row: tuple[Any, ...]) -> bool | None:
+    async def fire(self, due: DueSchedule) -> bool | None:
         """Fire one due schedule: None when this worker did not move it on (another worker
         did, or it cannot fire), else whether it is still due (more ticks to catch up)."""
-        name, task_name, cron, timezone, payload, catch_up, expected, now, _, missed = row
+        name, task_name, cron, timezone = due.name, due.task, due.cron, due.timezone
+        payload, catch_up, expected, now, missed = (
+            due.args,
+            due.catch_up,
+            due.next_fire_at,
+            due.now,
+            due.missed,
+        )
         try:
             parsed, tz = cronlib.parse(cron), cronlib.zone(timezone)
             fires, nxt = due_ticks(parsed, tz, expected, now, catch_up, missed)

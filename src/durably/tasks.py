@@ -8,7 +8,6 @@ import inspect
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields, replace
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, TypeVar
 
 import psycopg
@@ -16,17 +15,15 @@ import psycopg
 from . import telemetry
 from .errors import RunCancelled, RunFailed
 from .flow import KeySource, TaskFlow
+from .records import TERMINAL, NewRun, RunState, Status
 from .retry import Backoff
 from .serde import Signature, check_text, encode_args
-from .store import NewRun
 
 if TYPE_CHECKING:
     from .app import App
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-TERMINAL = frozenset({"COMPLETED", "FAILED", "CANCELLED"})
 
 
 class TaskOptions(TypedDict, total=False):
@@ -335,37 +332,6 @@ class BoundTask:
         return [RunHandle(self.task.app, i, self.task) for i in ids]
 
 
-@dataclass(frozen=True)
-class Run:
-    """A snapshot of one run as stored."""
-
-    id: int
-    task: str
-    queue: str
-    status: str
-    priority: int
-    args: dict[str, Any]
-    result: Any
-    error: dict[str, Any] | None
-    attempt: int
-    failures: int
-    max_retries: int
-    recoveries: int
-    idempotency_key: str | None
-    run_at: datetime
-    worker_id: str | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-
-    @classmethod
-    def from_row(cls, row: tuple[Any, ...]) -> Run:
-        """Build from a ``run_get`` / ``runs_list`` row."""
-        values = list(row)
-        values[14] = None if values[14] is None else str(values[14])
-        return cls(*values)
-
-
 class RunHandle:
     """A handle on one run: its id, status, result, and cancellation."""
 
@@ -383,10 +349,10 @@ class RunHandle:
 
     async def status_async(self) -> str:
         """Async twin of :meth:`status`."""
-        row = await (await self.app.store()).run_status(self.id)
-        if row is None:
+        state = await (await self.app.store()).run_state(self.id)
+        if state is None:
             raise LookupError(f"run {self.id} does not exist in schema {self.app.schema!r}")
-        return str(row[0])
+        return state.status
 
     def result(self, timeout: float | None = None) -> Any:
         """Wait for the run to end and return its result; raises :class:`RunFailed` when it
@@ -402,27 +368,26 @@ class RunHandle:
         while True:
             fut = waiters.watch(token)
             try:
-                row = await store.run_status(self.id)
-                if row is None:
+                state = await store.run_state(self.id)
+                if state is None:
                     raise LookupError(f"run {self.id} does not exist in schema {self.app.schema!r}")
-                if row[0] in TERMINAL:
-                    return self._outcome(row)
+                if state.status in TERMINAL:
+                    return self._outcome(state)
                 wait = 5.0 if deadline is None else min(5.0, deadline - time.monotonic())
                 if wait <= 0:
-                    raise TimeoutError(f"run {self.id} is still {row[0]} after {timeout}s")
+                    raise TimeoutError(f"run {self.id} is still {state.status} after {timeout}s")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(fut, wait)
             finally:
                 waiters.unwatch(token, fut)
 
-    def _outcome(self, row: tuple[Any, ...]) -> Any:
-        status, result, error, task_name = row
-        if status == "COMPLETED":
-            task = self._task or self.app.registry.get(task_name)
-            return result if task is None else task.signature.decode_result(result)
-        if status == "CANCELLED":
-            raise RunCancelled(self.id, error, status)
-        raise RunFailed(self.id, error, status)
+    def _outcome(self, state: RunState) -> Any:
+        if state.status == Status.COMPLETED:
+            task = self._task or self.app.registry.get(state.task)
+            return state.result if task is None else task.signature.decode_result(state.result)
+        if state.status == Status.CANCELLED:
+            raise RunCancelled(self.id, state.error, state.status)
+        raise RunFailed(self.id, state.error, state.status)
 
     def cancel(self) -> bool:
         """Cancel the run (and stop it if running); False when it had already ended."""

@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from . import failpoints, flow, telemetry
-from .context import CURRENT_RUN, Suspend
 from .durable import DurableRun
 from .errors import (
     ConfigurationError,
@@ -42,9 +41,10 @@ from .errors import (
     PayloadTooLarge,
 )
 from .notify import Listener, Waiters
+from .records import CURRENT_RUN, ClaimedRun, Fence, Outcome, OutcomeKind, Status, Suspend
 from .schedules import fire_schedules
 from .serde import encode_result, error_json
-from .store import LATEST_VERSION, Outcome, Store, first_line, is_transient
+from .storage import LATEST_VERSION, Store, first_line, is_transient
 from .threads import DaemonThreads
 
 if TYPE_CHECKING:
@@ -191,7 +191,9 @@ class Worker:
         self.busy = {False: 0, True: 0}
         # Per pool, the flow-control parameters of its claims (None: nothing is controlled).
         self.flow = {
-            kind: flow.claim_params([app.registry[n] for n in names], self.queues, app.queues)
+            kind: flow.claim_rules(
+                {n: app.registry[n].flow for n in names}, self.queues, app.queues
+            )
             for kind, (names, _) in self.pools.items()
         }
         # Per pool: did its last claim take every free slot (or find none free)? Then due runs
@@ -314,9 +316,9 @@ class Worker:
     async def _adopt_flow(self) -> None:
         """Queued runs of controlled tasks that were enqueued unmarked (before their limits were
         declared) join the controlled claim, which reads marked runs only."""
-        for params in self.flow.values():
-            if params:
-                adopted = await self.store.flow_adopt(self.queues, params["c_task"])
+        for rules in self.flow.values():
+            if rules:
+                adopted = await self.store.flow_adopt(self.queues, [t.task for t in rules.tasks])
                 if adopted:
                     log.info("%d queued runs brought under flow control", adopted)
 
@@ -355,31 +357,37 @@ class Worker:
                 idle = False if names else idle
                 self._left_behind[durable] = bool(names)
                 continue
-            rows = await self.store.claim(
+            claim = await self.store.claim(
                 self.id, self.queues, names, free, self.lease, durable, self.flow[durable]
             )
-            claimed = [row for row in rows if row[1] is not None]
-            for row in claimed:
-                self._start(row)
-            self._left_behind[durable] = len(claimed) == free
-            again = again or len(claimed) == free or len(claimed) < len(rows)
-            idle = idle and not claimed
+            for run in claim.runs:
+                self._start(run)
+            self._left_behind[durable] = len(claim.runs) == free
+            again = again or len(claim.runs) == free or claim.woken > 0
+            idle = idle and not claim.runs
         return again, idle
 
     async def _idle_wait(self) -> float:
         due = await self.store.next_due(self.queues, self.task_names)
         return min(self.poll_interval, due) if due is not None and due > 0 else self.poll_interval
 
-    def _start(self, row: tuple[Any, ...]) -> None:
-        run_id, task_name, args, attempt, failures, max_retries, has_log, trace, deadline_in = row
-        task = self.app.registry[task_name]
+    def _start(self, run: ClaimedRun) -> None:
+        task = self.app.registry[run.task]
         ex = _Execution(
-            run_id, attempt, task, args, failures, max_retries, bool(has_log), trace, deadline_in
+            run.run_id,
+            run.attempt,
+            task,
+            run.args,
+            run.failures,
+            run.max_retries,
+            bool(run.has_log),
+            run.trace_context,
+            run.deadline_in,
         )
-        self._running[run_id] = ex
+        self._running[run.run_id] = ex
         self.busy[task.durable] += 1
         if failpoints.ENABLED:
-            self._names[run_id] = task_name
+            self._names[run.run_id] = run.task
         ex.future = asyncio.create_task(self._execute(ex))
         ex.future.add_done_callback(lambda _: self._never_started(ex))
 
@@ -417,7 +425,7 @@ class Worker:
                 outcome = self._release(ex, exc)
             else:
                 log.exception("run %s: recording the attempt failed", ex.run_id)
-                outcome = Outcome(ex.run_id, ex.attempt, "fail", error=error_json(exc))
+                outcome = Outcome(ex.run_id, ex.attempt, OutcomeKind.FAIL, error=error_json(exc))
         finally:
             if log.isEnabledFor(logging.DEBUG):
                 kind = outcome.kind if outcome is not None else "none (suspended or taken away)"
@@ -462,7 +470,7 @@ class Worker:
                     value = await asyncio.get_running_loop().run_in_executor(self.threads, call)
             failpoints.hit("after_body", task.name)
             result = encode_result(task.name, value, self.app.max_payload)
-            return Outcome(ex.run_id, ex.attempt, "ok", result=result)
+            return Outcome(ex.run_id, ex.attempt, OutcomeKind.OK, result=result)
         except Suspend as suspend:
             assert durable is not None
             await durable.suspend(suspend)
@@ -493,7 +501,7 @@ class Worker:
     async def _past_deadline(self, ex: _Execution) -> None:
         """The run reached its run deadline while this attempt held it: fail it for good and
         cancel its unfinished children, in one fenced statement (nothing is left to record)."""
-        written = await self.store.fail_past_deadline(ex.run_id, ex.attempt, self.id)
+        written = await self.store.fail_past_deadline(Fence(ex.run_id, ex.attempt, self.id))
         deadline = ex.task.execution_deadline
         log.info(
             "run %s (%s) attempt %s passed its run deadline%s",
@@ -525,9 +533,9 @@ class Worker:
         )
         telemetry.fail(exc, "fail" if final else "retry")
         if final:
-            return Outcome(ex.run_id, ex.attempt, "fail", error=error)
+            return Outcome(ex.run_id, ex.attempt, OutcomeKind.FAIL, error=error)
         delay = ex.task.backoff.delay(ex.failures + 1)
-        return Outcome(ex.run_id, ex.attempt, "retry", error=error, delay=delay)
+        return Outcome(ex.run_id, ex.attempt, OutcomeKind.RETRY, error=error, delay=delay)
 
     def _release(self, ex: _Execution, exc: BaseException) -> Outcome:
         """The engine lost the database mid-attempt (not the task's fault): hand the run back to
@@ -542,7 +550,7 @@ class Worker:
         )
         telemetry.fail(exc, "release")
         lost = DatabaseUnavailable(f"the attempt lost the database: {reason}")
-        return Outcome(ex.run_id, ex.attempt, "release", error=error_json(lost))
+        return Outcome(ex.run_id, ex.attempt, OutcomeKind.RELEASE, error=error_json(lost))
 
     def _abandon(self, run_id: int, why: str) -> None:
         ex = self._running.get(run_id)
@@ -622,19 +630,19 @@ class Worker:
             # or runs this batch queued again for a retry (no notification announces those). A
             # claim that finds nothing would only slow down the runs executing meanwhile.
             if any(self._left_behind[d] for d in freed) or any(
-                o.kind in ("retry", "release") for o in batch
+                o.kind in (OutcomeKind.RETRY, OutcomeKind.RELEASE) for o in batch
             ):
                 self._wake.set()
             for outcome in batch if failpoints.ENABLED else ():
                 failpoints.hit("after_finish", self._names.pop(outcome.run_id, ""))
             if len(written) < len(batch):
-                fenced = {o.run_id for o in batch} - {row[0] for row in written}
+                fenced = {o.run_id for o in batch} - written.keys()
                 log.info(
                     "outcomes of runs %s not recorded: their lease was lost (fenced)",
                     sorted(fenced),
                 )
 
-    async def _write(self, batch: list[Outcome]) -> list[Any]:
+    async def _write(self, batch: list[Outcome]) -> dict[int, Status]:
         try:
             rows = await self.store.finish(self.id, batch)
             for outcome in batch if failpoints.ENABLED else ():
@@ -647,19 +655,19 @@ class Worker:
                 raise
             # One outcome the database refuses must not hold back the others: write them one by
             # one, and record a failure in place of any that cannot be stored.
-            written: list[Any] = []
+            written: dict[int, Status] = {}
             for outcome in batch:
                 try:
-                    written += await self.store.finish(self.id, [outcome])
+                    written |= await self.store.finish(self.id, [outcome])
                 except psycopg.Error as exc:
                     if is_transient(exc):
                         raise
                     log.error("run %s: its outcome cannot be stored (%s)", outcome.run_id, exc)
                     problem = NotSerializable(f"the outcome could not be stored: {exc}")
                     fallback = Outcome(
-                        outcome.run_id, outcome.attempt, "fail", error=error_json(problem)
+                        outcome.run_id, outcome.attempt, OutcomeKind.FAIL, error=error_json(problem)
                     )
-                    written += await self.store.finish(self.id, [fallback])
+                    written |= await self.store.finish(self.id, [fallback])
             return written
 
     # -- heartbeats and recovery -----------------------------------------------------------

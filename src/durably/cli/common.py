@@ -16,7 +16,7 @@ import psycopg
 from ..app import App
 from ..errors import DurablyError
 from ..serde import check_text
-from ..store import first_line
+from ..storage import first_line
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import click
 
-from ..store import DELAYED
+from ..records import DELAYED
 from .common import TEXT
 
 STATUSES = ("QUEUED", "RUNNING", "WAITING", "COMPLETED", "FAILED", "CANCELLED")

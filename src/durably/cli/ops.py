@@ -9,7 +9,7 @@ import click
 
 from ..app import App
 from ..serde import dumps
-from ..store import LATEST_VERSION, MIGRATIONS, Migration
+from ..storage import LATEST_VERSION, MIGRATIONS, Migration
 from .common import TEXT, database_options, friendly_errors, json_option, resolve_app
 from .output import (
     Column,

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from ..app import App
-from ..store import DELAYED
+from ..records import DELAYED
 from .common import (
     RUN_ID,
     SEQ,

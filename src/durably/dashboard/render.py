@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ..store import DELAYED
+from ..records import DELAYED
 
 STATUSES = ("QUEUED", "RUNNING", "WAITING", "COMPLETED", "FAILED", "CANCELLED")
 # The runs page's status filter: the statuses, and DELAYED, which is not one: a QUEUED run not

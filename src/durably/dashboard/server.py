@@ -18,7 +18,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from ..errors import ConfigurationError, DurablyError
-from ..store import LATEST_VERSION
+from ..storage import LATEST_VERSION
 from . import DEFAULT_HOST, DEFAULT_PORT, actions, bind_problem, render, views
 from .security import CSRF_FIELD, Guard, GuardMiddleware
 

@@ -11,9 +11,9 @@ FROM {schema}.schedules
 ORDER BY name;
 
 -- name: schedule_get
--- One schedule, and the database clock to compute its next tick from.
+-- One schedule.
 SELECT name, task, cron, timezone, args, catch_up, declared, paused, next_fire_at,
-       last_fired_at, last_run_id, created_at, updated_at, now()
+       last_fired_at, last_run_id, created_at, updated_at
 FROM {schema}.schedules
 WHERE name = %(name)s;
 
