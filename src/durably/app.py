@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 from typing_extensions import Unpack
 
 from . import schedules as scheduling
+from .context import run_workflow
 from .errors import ConfigurationError, UnknownTask
 from .flow import QueueLimits, Rate, check_limit
 from .notify import Listener, Waiters
@@ -41,6 +42,9 @@ class App:
     embedded PostgreSQL in the user's data directory. Every table lives in ``schema``, so several
     apps can share one database without seeing each other.
     """
+
+    # How the App's workers call a durable task's function: with a context (durably.context).
+    run_workflow = staticmethod(run_workflow)
 
     def __init__(
         self,
@@ -343,7 +347,7 @@ class App:
 
     def run_worker(self, **options: Any) -> None:
         """Run a worker in this thread until SIGTERM or SIGINT (a second signal stops at once)."""
-        from .worker import serve
+        from .eventloop import serve
 
         serve(self.make_worker(**options).run(handle_signals=True))
 

@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import pydantic
 
 from . import telemetry
+from .definitions import Bound, TaskDefinition
 from .errors import ChildFailed, NonDeterminismError, NotSerializable, StepFailed
-from .records import CURRENT_RUN, Entry, Status
+from .records import CURRENT_RUN, CallOptions, Entry, Status
 from .serde import (
     ReturnType,
     as_stored,
@@ -43,7 +44,6 @@ from .serde import (
 
 if TYPE_CHECKING:
     from .durable import DurableRun
-    from .tasks import BoundTask, CallOptions, Task
 
 T = TypeVar("T")
 _step_key: contextvars.ContextVar[str | None] = contextvars.ContextVar("durably_step", default=None)
@@ -155,7 +155,7 @@ class DurableContext:
 
     @property
     def _max_payload(self) -> int:
-        return self._run.worker.app.max_payload
+        return self._run.runtime.max_payload
 
     def _encode_result(self, kind: str, name: str, value: Any, returns: ReturnType) -> str:
         """Encode what a step or transaction returned, refusing (NotSerializable,
@@ -209,7 +209,7 @@ class DurableContext:
                     return await fn(*args), None
                 # On the worker's own threads (which carry this context), not the loop's small
                 # default pool: steps that hang there would starve every sync step of the worker.
-                threads = self._run.worker.threads
+                threads = self._run.runtime.threads
                 call = functools.partial(fn, *args)
                 return await asyncio.get_running_loop().run_in_executor(threads, call), None
             except Exception as exc:
@@ -272,7 +272,7 @@ class DurableContext:
 
     # -- children ------------------------------------------------------------------------------
 
-    def spawn(self, task: Task[Any, Any] | BoundTask, *args: Any, **kwargs: Any) -> Child:
+    def spawn(self, task: TaskDefinition | Bound, *args: Any, **kwargs: Any) -> Child:
         """Start a child run now (its sequence number is taken at once); await the returned
         :class:`Child`, or pass several to :meth:`gather`, for results. ``task`` may carry
         per-child options: ``ctx.spawn(charge.options(priority=5, queue="payments"), ...)``."""
@@ -293,7 +293,7 @@ class DurableContext:
         recording = asyncio.ensure_future(self._run.spawn(seq, key, run, task.durable))
         return Child(self, seq, recording)
 
-    async def run(self, task: Task[Any, Any] | BoundTask, *args: Any, **kwargs: Any) -> Any:
+    async def run(self, task: TaskDefinition | Bound, *args: Any, **kwargs: Any) -> Any:
         """Spawn a child run and wait for its result; raises :class:`ChildFailed` if it fails.
         ``task`` may be ``task.options(...)`` (see :meth:`spawn`)."""
         return await self.spawn(task, *args, **kwargs)
@@ -355,14 +355,12 @@ class DurableContext:
         return await self._run.wait_event(seq, key, wake_in)
 
 
-def task_options(target: Any) -> tuple[Task[Any, Any], CallOptions]:
+def task_options(target: Any) -> tuple[TaskDefinition, CallOptions]:
     """The task of a child and its per-child options: ``target`` is a task, or a task with
     options (``task.options(...)``); anything else is refused."""
-    from .tasks import BoundTask, CallOptions, Task
-
-    if isinstance(target, BoundTask):
+    if isinstance(target, Bound):
         return target.task, target.opts
-    if isinstance(target, Task):
+    if isinstance(target, TaskDefinition):
         return target, CallOptions()
     what = getattr(target, "__qualname__", None) or type(target).__name__
     raise TypeError(
@@ -433,7 +431,7 @@ class SyncDurableContext:
         """See :meth:`DurableContext.transaction`."""
         return self._call(self._ctx.transaction(fn, *args, name=name))
 
-    def spawn(self, task: Task[Any, Any] | BoundTask, *args: Any, **kwargs: Any) -> Child:
+    def spawn(self, task: TaskDefinition | Bound, *args: Any, **kwargs: Any) -> Child:
         """See :meth:`DurableContext.spawn`."""
 
         async def spawn() -> Child:
@@ -443,7 +441,7 @@ class SyncDurableContext:
 
         return self._call(spawn())
 
-    def run(self, task: Task[Any, Any] | BoundTask, *args: Any, **kwargs: Any) -> Any:
+    def run(self, task: TaskDefinition | Bound, *args: Any, **kwargs: Any) -> Any:
         """See :meth:`DurableContext.run`."""
         return self._call(self._ctx.run(task, *args, **kwargs))
 
@@ -474,3 +472,16 @@ class SyncDurableContext:
     def random(self) -> float:
         """See :meth:`DurableContext.random`."""
         return self._call(self._ctx.random())
+
+
+async def run_workflow(run: DurableRun, args: list[Any], kwargs: dict[str, Any]) -> Any:
+    """Call a durable task's function for one execution of ``run``: with a
+    :class:`DurableContext`, or for a sync function a :class:`SyncDurableContext`, on one of the
+    worker's threads."""
+    ctx = DurableContext(run)
+    fn = run.task.fn
+    if run.task.is_async:
+        return await fn(ctx, *args, **kwargs)
+    loop = asyncio.get_running_loop()
+    call = functools.partial(fn, SyncDurableContext(ctx, loop), *args, **kwargs)
+    return await loop.run_in_executor(run.runtime.threads, call)

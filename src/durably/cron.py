@@ -238,3 +238,18 @@ def next_fire(expression: str | Cron, after: datetime, timezone: str = "UTC") ->
 def iso_utc(moment: datetime) -> str:
     """A fire time as the ISO 8601 UTC text used in idempotency keys: ``2024-05-01T12:00:00Z``."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# What a schedule does with ticks missed while no worker ran (docs/scheduling.md).
+CATCH_UP = ("all", "latest", "none")
+DEFAULT_CATCH_UP = "latest"
+
+
+def check_catch_up(catch_up: str) -> str:
+    """Refuse an unknown catch-up policy in one line."""
+    if catch_up not in CATCH_UP:
+        raise ValueError(
+            f"catch_up={catch_up!r} is not valid: pass 'latest' (one run for the ticks missed, "
+            "the default), 'all' (one run per tick missed) or 'none'"
+        )
+    return catch_up

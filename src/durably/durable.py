@@ -6,32 +6,49 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from . import failpoints, telemetry
-from .context import DurableContext, SyncDurableContext
+from .attempt import Attempt
+from .definitions import TaskDefinition
 from .errors import LeaseLost, NonDeterminismError
+from .notify import Waiters
 from .records import Appended, ChildEnd, Entry, Fence, LogWrite, NewRun, Status, Suspend
 from .serde import dumps
-from .storage import UserCodeFailed, is_transient
-
-if TYPE_CHECKING:
-    from .tasks import Task
-    from .worker import Worker, _Execution
+from .storage import Store, UserCodeFailed, is_transient
+from .threads import DaemonThreads
 
 T = TypeVar("T")
+
+
+class Runtime(Protocol):
+    """What a durable run needs of the worker that executes it."""
+
+    id: str
+    store: Store
+    lease: float  # seconds a claim stays valid without a heartbeat
+    evict_after: float  # seconds a run may wait in memory before it suspends
+    max_payload: int
+    threads: DaemonThreads
+    waiters: Waiters
+
+    def run_workflow(
+        self, run: DurableRun, args: list[Any], kwargs: dict[str, Any]
+    ) -> Awaitable[Any]:
+        """Call the task's function with a context on ``run`` (see durably.context)."""
+        ...
 
 
 class DurableRun:
     """Drives one attempt of a durable run for the worker."""
 
-    def __init__(self, worker: Worker, ex: _Execution) -> None:
-        self.worker = worker
-        self.store = worker.store
+    def __init__(self, runtime: Runtime, ex: Attempt) -> None:
+        self.runtime = runtime
+        self.store = runtime.store
         self.ex = ex
-        self.task: Task[Any, Any] = ex.task
+        self.task: TaskDefinition = ex.task
         self.run_id = ex.run_id
         self.attempt = ex.attempt
         self.log: dict[int, Entry] = {}
@@ -62,21 +79,14 @@ class DurableRun:
     @property
     def fence(self) -> Fence:
         """Who may write for this attempt."""
-        return Fence(self.run_id, self.attempt, self.worker.id)
+        return Fence(self.run_id, self.attempt, self.runtime.id)
 
     async def call(self, args: list[Any], kwargs: dict[str, Any], has_log: bool) -> Any:
         """Run the task function against the log; raises Suspend, LeaseLost or its error."""
         if has_log:
             self.log = {e.seq: e for e in await self._db(self.store.load_log(self.run_id))}
-        ctx = DurableContext(self)
         try:
-            if self.task.is_async:
-                value = await self.task.fn(ctx, *args, **kwargs)
-            else:
-                loop = asyncio.get_running_loop()
-                sync_ctx = SyncDurableContext(ctx, loop)
-                call = functools.partial(self.task.fn, sync_ctx, *args, **kwargs)
-                value = await loop.run_in_executor(self.worker.threads, call)
+            value = await self.runtime.run_workflow(self, args, kwargs)
         except BaseException:
             if self.suspending is None or self.nondeterminism is not None:
                 raise
@@ -217,7 +227,7 @@ class DurableRun:
         args: tuple[Any, ...],
         encode: Callable[[Any], str],
     ) -> tuple[bool, Any]:
-        lease = self.worker.lease
+        lease = self.runtime.lease
 
         def call(conn: Any) -> Any:
             return fn(conn, *args)
@@ -227,7 +237,7 @@ class DurableRun:
         # On the worker's own threads, not the loop's small default pool: user code that hangs
         # there would starve every other sync step of the worker.
         run = functools.partial(self.store.in_transaction_sync, self.fence, write, lease, call)
-        return await asyncio.get_running_loop().run_in_executor(self.worker.threads, run, encode)
+        return await asyncio.get_running_loop().run_in_executor(self.runtime.threads, run, encode)
 
     # -- waits ---------------------------------------------------------------------------------
 
@@ -248,11 +258,11 @@ class DurableRun:
             recorded = self._recorded_child(seq)
             if recorded is not None:
                 outcomes[seq] = recorded
-        deadline = time.monotonic() + self.worker.evict_after
+        deadline = time.monotonic() + self.runtime.evict_after
         while len(outcomes) < len(seqs):
             pending = {seq: cid for seq, cid in zip(seqs, ids, strict=True) if seq not in outcomes}
             tokens = [f"done:{cid}" for cid in pending.values()]
-            futures = [self.worker.waiters.watch(t) for t in tokens]
+            futures = [self.runtime.waiters.watch(t) for t in tokens]
             try:
                 ends = await self._db(self.store.children_status(list(pending.values())))
                 for seq, cid in pending.items():
@@ -270,12 +280,12 @@ class DurableRun:
                 await self._wait_or_suspend(futures, deadline, suspend)
             finally:
                 for token, fut in zip(tokens, futures, strict=True):
-                    self.worker.waiters.unwatch(token, fut)
+                    self.runtime.waiters.unwatch(token, fut)
         return [outcomes[seq] for seq in seqs]
 
     async def wait_timer(self, seq: int, wake_in: float) -> None:
         """Sleep in memory when the timer ends before eviction; else suspend until it fires."""
-        if wake_in > self.worker.evict_after:
+        if wake_in > self.runtime.evict_after:
             raise self.suspend_with(Suspend(wake_in, [], None))
         if wake_in > 0:
             await asyncio.sleep(wake_in)
@@ -284,10 +294,10 @@ class DurableRun:
     async def wait_event(self, seq: int, key: str, wake_in: float | None) -> Any:
         """Take the event for this wait, waiting (then suspending) until it is pushed."""
         started = time.monotonic()
-        deadline = started + self.worker.evict_after
+        deadline = started + self.runtime.evict_after
         token = f"ev:{key}"
         while True:
-            fut = self.worker.waiters.watch(token)
+            fut = self.runtime.waiters.watch(token)
             try:
                 taken = await self._db(self.store.take_event(self.fence, seq, key))
                 if taken is not None:
@@ -299,7 +309,7 @@ class DurableRun:
                     raise TimeoutError(message)
                 await self._wait_or_suspend([fut], deadline, Suspend(left, [], key), cap=left)
             finally:
-                self.worker.waiters.unwatch(token, fut)
+                self.runtime.waiters.unwatch(token, fut)
 
     async def _wait_or_suspend(
         self,

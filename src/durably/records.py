@@ -80,6 +80,19 @@ class NewRun:
 
 
 @dataclass(frozen=True)
+class CallOptions:
+    """Per-call overrides given with ``task.options(...)``."""
+
+    queue: str | None = None
+    priority: int | None = None
+    delay: float = 0.0
+    idempotency_key: str | None = None
+    concurrency_key: str | None = None
+    fairness_key: str | None = None
+    execution_deadline: float | None = None  # None: the task's own
+
+
+@dataclass(frozen=True)
 class Outcome:
     """How one attempt ended, ready to be written by the recorder."""
 

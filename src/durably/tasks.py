@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, fields, replace
+from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, TypeVar
 
 import psycopg
 
 from . import telemetry
+from .definitions import Bound, TaskDefinition, check_execution_deadline
 from .errors import RunCancelled, RunFailed
-from .flow import KeySource, TaskFlow
-from .records import TERMINAL, NewRun, RunState, Status
+from .flow import KeySource
+from .records import TERMINAL, CallOptions, NewRun, RunState, Status
 from .retry import Backoff
-from .serde import Signature, check_text, encode_args
 
 if TYPE_CHECKING:
     from .app import App
@@ -50,101 +49,14 @@ class TaskOptions(TypedDict, total=False):
     catch_up: str | None
 
 
-@dataclass(frozen=True)
-class CallOptions:
-    """Per-call overrides given with :meth:`Task.options`."""
-
-    queue: str | None = None
-    priority: int | None = None
-    delay: float = 0.0
-    idempotency_key: str | None = None
-    concurrency_key: str | None = None
-    fairness_key: str | None = None
-    execution_deadline: float | None = None  # None: the task's own
-
-
-def check_execution_deadline(value: Any, where: str) -> None:
-    """Refuse an ``execution_deadline`` that is not a number of seconds > 0 (or None)."""
-    valid = value is None or (
-        isinstance(value, int | float) and not isinstance(value, bool) and value > 0
-    )
-    if not valid:
-        raise ValueError(
-            f"{where}: execution_deadline={value!r} is not valid: pass seconds > 0 (counted from "
-            "the run's first start), or None for no run deadline"
-        )
-
-
-class Task(Generic[P, R]):
+class Task(TaskDefinition, Generic[P, R]):
     """A registered function that workers run. Call it directly to run it in-process; use
     :meth:`enqueue` to have a worker run it durably."""
 
-    def __init__(
-        self,
-        app: App,
-        fn: Callable[P, R],
-        *,
-        name: str | None = None,
-        queue: str = "default",
-        retries: int = 0,
-        backoff: Backoff | float | None = None,
-        timeout: float | None = None,
-        execution_deadline: float | None = None,
-        schedule_timeout: float | None = None,
-        priority: int = 0,
-        max_recoveries: int = 20,
-        durable: bool = False,
-        concurrency: int | None = None,
-        rate_limit: str | None = None,
-        concurrency_key: KeySource = None,
-        key_concurrency: int | None = None,
-        key_rate_limit: str | None = None,
-        key_ordered: bool = False,
-        fairness_key: KeySource = None,
-        cron: str | None = None,
-        timezone: str | None = None,
-        catch_up: str | None = None,
-    ) -> None:
-        if retries < 0:
-            raise ValueError(f"retries={retries} is not valid: pass 0 or more")
-        if timeout is not None and timeout <= 0:
-            raise ValueError(f"timeout={timeout} is not valid: pass seconds > 0, or None")
+    def __init__(self, app: App, fn: Callable[P, R], **options: Any) -> None:
+        super().__init__(fn, max_payload=app.max_payload, **options)
         self.app = app
-        self.fn = fn
-        self.name = check_text(name or f"{fn.__module__}.{fn.__qualname__}", "task name")
-        self.queue = check_text(queue, f"queue of task {self.name!r}")
-        self.retries = retries
-        self.backoff = Backoff.coerce(backoff)
-        self.timeout = timeout
-        # The run deadline: seconds from the first start, across retries, recoveries and
-        # suspensions (``timeout`` bounds one attempt).
-        check_execution_deadline(execution_deadline, f"task {self.name!r}")
-        self.execution_deadline = execution_deadline
-        self.schedule_timeout = schedule_timeout
-        self.priority = priority
-        self.max_recoveries = max_recoveries
-        self.is_async = inspect.iscoroutinefunction(fn)
-        self.durable = durable
-        self.flow = TaskFlow.declare(
-            self.name,
-            concurrency=concurrency,
-            rate_limit=rate_limit,
-            concurrency_key=concurrency_key,
-            key_concurrency=key_concurrency,
-            key_rate_limit=key_rate_limit,
-            key_ordered=key_ordered,
-            fairness_key=fairness_key,
-        )
-        self.signature = Signature(fn, skip_first=durable)
-        # A schedule named after the task, fired by workers (docs/scheduling.md): the cron, its
-        # time zone (None: UTC) and catch-up policy (None: "latest").
-        self.cron = cron
-        self.timezone = timezone
-        self.catch_up = catch_up
-        if cron is not None or timezone is not None or catch_up is not None:
-            from .schedules import check_declared  # schedules builds on this module
-
-            check_declared(self)
+        self.fn: Callable[P, R] = fn
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -204,56 +116,13 @@ class Task(Generic[P, R]):
         """Async twin of :meth:`enqueue_many`."""
         return await BoundTask(self, CallOptions()).enqueue_many_async(calls)
 
-    def new_run(
-        self,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        opts: CallOptions,
-        trace_context: str | None = None,
-    ) -> NewRun:
-        """Check and encode one call into a row to insert (``trace_context``: see
-        :func:`durably.telemetry.carrier`)."""
-        try:
-            self.signature.check_call(args, kwargs)
-        except TypeError as exc:
-            raise TypeError(f"{self.name}: {exc}") from None
-        if opts.delay < 0:
-            raise ValueError(f"delay={opts.delay} is not valid: pass seconds >= 0")
-        if opts.idempotency_key is not None:
-            check_text(opts.idempotency_key, f"{self.name}: the idempotency key")
-        if opts.queue is not None:
-            check_text(opts.queue, f"{self.name}: the queue name")
-        concurrency_key, fairness_key = self.flow.keys(
-            self.name, (self.signature, args, kwargs), (opts.concurrency_key, opts.fairness_key)
-        )
-        queue = opts.queue or self.queue
-        return NewRun(
-            task=self.name,
-            queue=queue,
-            priority=self.priority if opts.priority is None else opts.priority,
-            args=encode_args(self.name, args, kwargs, self.app.max_payload),
-            max_retries=self.retries,
-            max_recoveries=self.max_recoveries,
-            delay=opts.delay,
-            schedule_timeout=self.schedule_timeout,
-            execution_deadline=opts.execution_deadline or self.execution_deadline,
-            idempotency_key=opts.idempotency_key,
-            durable=self.durable,
-            trace_context=trace_context,
-            concurrency_key=concurrency_key,
-            fairness_key=fairness_key,
-            # Every run is marked, whatever limits this process declares: the workers' own
-            # declarations decide which runs their claims control (docs/flow-control.md).
-            flow=True,
-        )
 
-
-class BoundTask:
+class BoundTask(Bound):
     """A task with per-call options applied (see :meth:`Task.options`)."""
 
     def __init__(self, task: Task[Any, Any], opts: CallOptions) -> None:
-        self.task = task
-        self.opts = opts
+        super().__init__(task, opts)
+        self.task: Task[Any, Any] = task
 
     def options(self, **changes: Any) -> BoundTask:
         """Change more options."""

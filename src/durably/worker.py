@@ -21,122 +21,53 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Coroutine
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Mapping
+from typing import Any, Protocol
 
 import psycopg
 
 from . import failpoints, flow, telemetry
+from .attempt import Attempt
+from .definitions import TaskDefinition
 from .durable import DurableRun
-from .errors import (
-    ConfigurationError,
-    DatabaseUnavailable,
-    DeadlineExceeded,
-    DurablyError,
-    LeaseLost,
-    NonDeterminismError,
-    NonRetryableError,
-    NotSerializable,
-    PayloadTooLarge,
-)
+from .errors import ConfigurationError, DeadlineExceeded, DurablyError, LeaseLost
+from .eventloop import ABANDON_GRACE, contained_task, serve
+from .flow import QueueLimits
 from .notify import Listener, Waiters
-from .records import CURRENT_RUN, ClaimedRun, Fence, Outcome, OutcomeKind, Status, Suspend
-from .schedules import fire_schedules
+from .recorder import Recorder
+from .records import CURRENT_RUN, ClaimedRun, Fence, Outcome, OutcomeKind, Suspend
+from .scheduler import Scheduler
 from .serde import encode_result, error_json
 from .storage import LATEST_VERSION, Store, first_line, is_transient
+from .sweeper import sweep_forever
 from .threads import DaemonThreads
-
-if TYPE_CHECKING:
-    from .app import App
-    from .tasks import Task
 
 log = logging.getLogger("durably.worker")
 
-_FLUSH_BATCH = 500  # outcomes per statement: bounds its arrays and its transaction
 _DB_ERRORS = (psycopg.Error, DurablyError, OSError)
-# Seconds an abandoned attempt (cancelled, lease lost, shutdown) gets to stop before its slot is
-# taken back from it.
-_ABANDON_GRACE = 5.0
-
-# Errors that fail a run at once: retrying would raise them again.
-_FINAL = (NonRetryableError, NotSerializable, PayloadTooLarge, NonDeterminismError)
 
 
-@dataclass
-class _Execution:
-    """One claimed attempt, from claim to recorded outcome."""
+class WorkerHost(Protocol):
+    """What a worker needs of the App whose tasks it runs (:class:`durably.App`)."""
 
-    run_id: int
-    attempt: int
-    task: Task[Any, Any]
-    args: Any
-    failures: int
-    max_retries: int
-    has_log: bool
-    trace_context: Any = None  # the enqueuer's trace, continued by this attempt's span
-    deadline_in: float | None = None  # seconds from the claim to the run deadline, if any
-    future: asyncio.Task[None] | None = None
-    claimed_at: float = field(default_factory=time.monotonic)
-    abandoned: bool = False
-    slot_freed: bool = False
+    @property
+    def url(self) -> str: ...
+    @property
+    def schema(self) -> str: ...
+    @property
+    def registry(self) -> Mapping[str, TaskDefinition]: ...
+    @property
+    def queues(self) -> Mapping[str, QueueLimits]: ...  # the queues' declared limits
+    @property
+    def max_payload(self) -> int: ...
+    @property
+    def auto_migrate(self) -> bool: ...
 
-
-def serve(main: Coroutine[Any, Any, None]) -> None:
-    """``asyncio.run(main)`` for a worker: at the end, tasks still running are cancelled and
-    waited for at most ``_ABANDON_GRACE`` seconds (asyncio.run waits for ever, and a task that
-    swallows its cancellation would keep the worker from ever exiting)."""
-    loop = asyncio.new_event_loop()
-    asyncio.set_event_loop(loop)
-    pending: set[asyncio.Task[Any]] = set()
-    try:
-        loop.run_until_complete(main)
-    finally:
-        try:
-            pending = asyncio.all_tasks(loop)
-            for task in pending:
-                task.cancel()
-            if pending:
-                loop.run_until_complete(asyncio.wait(pending, timeout=_ABANDON_GRACE))
-            loop.run_until_complete(loop.shutdown_asyncgens())
-        finally:
-            asyncio.set_event_loop(None)
-            loop.close()
-            for task in pending:
-                if not task.done():  # closed here, not by the garbage collector at any moment
-                    with contextlib.suppress(RuntimeError):
-                        task.get_coro().close()
-
-
-def _contained_task(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
-    """The worker loop's task factory. asyncio lets a SystemExit or KeyboardInterrupt raised in a
-    task escape the event loop: one raised by a task a run started in the background (a library
-    giving up) would end the whole worker, and every run it holds with it. Tasks started while a
-    run executes turn them into a RuntimeError of that task instead."""
-    if CURRENT_RUN.get() is not None:
-        coro = _contain(coro)
-    return asyncio.Task(coro, loop=loop, **kwargs)
-
-
-async def _contain(coro: Any) -> Any:
-    try:
-        return await coro
-    except (SystemExit, KeyboardInterrupt) as exc:
-        raise RuntimeError(
-            f"{type(exc).__name__} raised by a task a run started: {exc}; the worker goes on"
-        ) from exc
-
-
-def _time_limit(ex: _Execution) -> tuple[float | None, bool]:
-    """The attempt's timeout: the task's, or the time left to the run deadline when that is
-    sooner (then True: reaching it fails the run for good, it is not retried)."""
-    timeout = ex.task.timeout
-    if ex.deadline_in is None:
-        return timeout, False
-    left = ex.deadline_in - (time.monotonic() - ex.claimed_at)
-    if timeout is None or left <= timeout:
-        return left, True
-    return timeout, False
+    def run_workflow(
+        self, run: DurableRun, args: list[Any], kwargs: dict[str, Any]
+    ) -> Awaitable[Any]:
+        """Call a durable task's function with a context on ``run``."""
+        ...
 
 
 class Worker:
@@ -157,7 +88,7 @@ class Worker:
 
     def __init__(
         self,
-        app: App,
+        app: WorkerHost,
         *,
         slots: int = 10,
         durable_slots: int = 100,
@@ -177,6 +108,8 @@ class Worker:
         if not app.registry:
             raise ConfigurationError("the App has no tasks: register some with @app.task first")
         self.app = app
+        self.max_payload = app.max_payload
+        self.run_workflow = app.run_workflow
         self.id = str(uuid.uuid4())
         self.slots = slots
         self.durable_slots = durable_slots
@@ -207,12 +140,8 @@ class Worker:
         self.dead_after = dead_after
         self.sweep_interval = sweep_interval
         self.grace_period = grace_period
-        self._running: dict[int, _Execution] = {}
-        self._finished: list[Outcome] = []
-        # (run id, attempt) -> durable? of finished attempts whose outcome is not yet written.
-        self._recording: dict[tuple[int, int], bool] = {}
+        self._running: dict[int, Attempt] = {}
         self._stopping = False
-        self._closing = False
         self.threads = DaemonThreads()
         self._started = threading.Event()
         self._crash: BaseException | None = None
@@ -223,9 +152,8 @@ class Worker:
     async def run(self, handle_signals: bool = False) -> None:
         """Serve until :meth:`stop` (or SIGTERM/SIGINT with ``handle_signals``)."""
         self._loop = asyncio.get_running_loop()
-        self._loop.set_task_factory(_contained_task)
+        self._loop.set_task_factory(contained_task)
         self._wake = asyncio.Event()
-        self._flush_needed = asyncio.Event()
         self._force = asyncio.Event()
         self.store = await Store.open(self.app.url, self.app.schema, max_size=4)
         try:
@@ -241,11 +169,12 @@ class Worker:
                 for coro in (
                     self._listener.run(),
                     self._heartbeat_loop(),
-                    self._sweep_loop(),
-                    fire_schedules(self),
+                    sweep_forever(self.store, self.sweep_interval, self.dead_after),
+                    Scheduler(self.store, self.app.registry).run(),
                 )
             ]
-            self._flusher = asyncio.create_task(self._flush_loop())
+            self._recorder = Recorder(self.store, self.id, self._recorded, self._names)
+            self._flusher = asyncio.create_task(self._recorder.run())
             log.info("worker %s serving queues %s with %d slots", self.id, self.queues, self.slots)
             self._started.set()
             await self._claim_loop()
@@ -373,7 +302,7 @@ class Worker:
 
     def _start(self, run: ClaimedRun) -> None:
         task = self.app.registry[run.task]
-        ex = _Execution(
+        ex = Attempt(
             run.run_id,
             run.attempt,
             task,
@@ -391,14 +320,14 @@ class Worker:
         ex.future = asyncio.create_task(self._execute(ex))
         ex.future.add_done_callback(lambda _: self._never_started(ex))
 
-    def _never_started(self, ex: _Execution) -> None:
+    def _never_started(self, ex: Attempt) -> None:
         """A run cancelled between its claim and its first step (``_abandon`` right after the
         claim) ends without entering ``_execute``, whose ``finally`` frees the slot: free it
         here, or the slot would stay taken for good."""
         if self._running.get(ex.run_id) is ex:
             self._free_slot(ex)
 
-    def _free_slot(self, ex: _Execution) -> None:
+    def _free_slot(self, ex: Attempt) -> None:
         """The attempt holds its slot no more (once, whichever way it ended)."""
         if self._running.get(ex.run_id) is ex:
             del self._running[ex.run_id]
@@ -409,12 +338,12 @@ class Worker:
 
     # -- executing -------------------------------------------------------------------------
 
-    async def _execute(self, ex: _Execution) -> None:
+    async def _execute(self, ex: Attempt) -> None:
         outcome: Outcome | None = None
         try:
             if log.isEnabledFor(logging.DEBUG):  # on every run: skip building the fields
                 log.debug(
-                    "run %s attempt %s started", ex.run_id, ex.attempt, extra=self._fields(ex)
+                    "run %s attempt %s started", ex.run_id, ex.attempt, extra=ex.fields(self.id)
                 )
             with telemetry.attempt_span(
                 ex.task.name, ex.run_id, ex.attempt, self.id, ex.trace_context
@@ -422,7 +351,7 @@ class Worker:
                 outcome = await self._attempt(ex)
         except Exception as exc:  # a fault of the worker itself must still end the attempt
             if is_transient(exc):  # e.g. suspending failed: the database went away
-                outcome = self._release(ex, exc)
+                outcome = ex.released(exc, self.id)
             else:
                 log.exception("run %s: recording the attempt failed", ex.run_id)
                 outcome = Outcome(ex.run_id, ex.attempt, OutcomeKind.FAIL, error=error_json(exc))
@@ -434,23 +363,21 @@ class Worker:
                     ex.run_id,
                     ex.attempt,
                     kind,
-                    extra=self._fields(ex),
+                    extra=ex.fields(self.id),
                 )
             if self._running.get(ex.run_id) is ex:
                 del self._running[ex.run_id]
             if outcome is not None and not ex.abandoned:
                 # The run is RUNNING, and keeps its slot, until its outcome is written: freeing
                 # the slot now would let the claim loop take runs faster than they are recorded.
-                self._recording[(ex.run_id, ex.attempt)] = ex.task.durable
-                self._finished.append(outcome)
-                self._flush_needed.set()
+                self._recorder.add(outcome, ex.task.durable)
             else:
                 self._free_slot(ex)
 
-    async def _attempt(self, ex: _Execution) -> Outcome | None:
+    async def _attempt(self, ex: Attempt) -> Outcome | None:
         """Execute one attempt; its outcome, or None when there is nothing to record."""
         task = ex.task
-        limit, by_deadline = _time_limit(ex)
+        limit, by_deadline = ex.time_limit()
         if by_deadline and limit is not None and limit <= 0:
             await self._past_deadline(ex)  # e.g. queued past it, and claimed before a sweep
             return None
@@ -482,7 +409,7 @@ class Worker:
             current = asyncio.current_task()
             if ex.abandoned or (current is not None and current.cancelling()):
                 raise  # taken away from us (lease lost, cancelled, shutdown): write nothing
-            return self._failure(ex, exc)
+            return ex.failed(exc, self.id)
         except BaseException as exc:  # anything a task raises fails only its run
             if isinstance(exc, TimeoutError) and timer.expired():
                 if by_deadline:  # final, not retried; a lost lease writes nothing
@@ -495,10 +422,10 @@ class Worker:
             if durable is not None and durable.lost:
                 return None
             if durable is not None and durable.interrupted is not None:
-                return self._release(ex, durable.interrupted)
-            return self._failure(ex, exc)
+                return ex.released(durable.interrupted, self.id)
+            return ex.failed(exc, self.id)
 
-    async def _past_deadline(self, ex: _Execution) -> None:
+    async def _past_deadline(self, ex: Attempt) -> None:
         """The run reached its run deadline while this attempt held it: fail it for good and
         cancel its unfinished children, in one fenced statement (nothing is left to record)."""
         written = await self.store.fail_past_deadline(Fence(ex.run_id, ex.attempt, self.id))
@@ -509,48 +436,9 @@ class Worker:
             ex.task.name,
             ex.attempt,
             "" if written else " (it was no longer held)",
-            extra=self._fields(ex),
+            extra=ex.fields(self.id),
         )
         telemetry.fail(DeadlineExceeded(f"execution deadline of {deadline} s"), "fail")
-
-    def _fields(self, ex: _Execution) -> dict[str, Any]:
-        """Structured fields of a log record about one attempt (``record.run_id`` etc.)."""
-        return {"run_id": ex.run_id, "task": ex.task.name, "attempt": ex.attempt, "worker": self.id}
-
-    def _failure(self, ex: _Execution, exc: BaseException) -> Outcome:
-        error = error_json(exc)
-        final = (
-            # A refused value would be refused again (same code, same value): no retry.
-            isinstance(exc, _FINAL) or ex.failures >= ex.max_retries
-        )
-        log.info(
-            "run %s (%s) attempt %s failed: %s",
-            ex.run_id,
-            ex.task.name,
-            ex.attempt,
-            first_line(exc),
-            extra=self._fields(ex),
-        )
-        telemetry.fail(exc, "fail" if final else "retry")
-        if final:
-            return Outcome(ex.run_id, ex.attempt, OutcomeKind.FAIL, error=error)
-        delay = ex.task.backoff.delay(ex.failures + 1)
-        return Outcome(ex.run_id, ex.attempt, OutcomeKind.RETRY, error=error, delay=delay)
-
-    def _release(self, ex: _Execution, exc: BaseException) -> Outcome:
-        """The engine lost the database mid-attempt (not the task's fault): hand the run back to
-        resume from its log, as after a lost worker, without spending a retry."""
-        reason = first_line(exc)
-        log.warning(
-            "run %s attempt %s lost the database (%s); handing it back",
-            ex.run_id,
-            ex.attempt,
-            reason,
-            extra=self._fields(ex),
-        )
-        telemetry.fail(exc, "release")
-        lost = DatabaseUnavailable(f"the attempt lost the database: {reason}")
-        return Outcome(ex.run_id, ex.attempt, OutcomeKind.RELEASE, error=error_json(lost))
 
     def _abandon(self, run_id: int, why: str) -> None:
         ex = self._running.get(run_id)
@@ -558,10 +446,10 @@ class Worker:
             log.info("abandoning run %s: %s", run_id, why)
             ex.abandoned = True
             ex.future.cancel()
-            asyncio.get_running_loop().call_later(_ABANDON_GRACE, self._take_slot_back, ex)
+            asyncio.get_running_loop().call_later(ABANDON_GRACE, self._take_slot_back, ex)
 
-    def _take_slot_back(self, ex: _Execution) -> None:
-        """An abandoned attempt whose code still runs ``_ABANDON_GRACE`` seconds after its
+    def _take_slot_back(self, ex: Attempt) -> None:
+        """An abandoned attempt whose code still runs ``ABANDON_GRACE`` seconds after its
         cancellation (it swallows CancelledError) gives its slot back: the worker serves other
         runs, and anything the attempt writes is refused by its fence."""
         if ex.future is None or ex.future.done() or ex.slot_freed:
@@ -591,84 +479,18 @@ class Worker:
         self._wake.set()
         self.waiters.wake_all()
 
-    # -- recording outcomes ----------------------------------------------------------------
-
-    async def _flush_loop(self) -> None:
-        while not (self._closing and not self._finished):
-            await self._flush_needed.wait()
-            self._flush_needed.clear()
-            await self._flush_pending()
-
-    async def _flush_pending(self) -> None:
-        failures = 0
-        while self._finished:
-            batch = self._finished[:_FLUSH_BATCH]
-            try:
-                written = await self._write(batch)
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                # Safe to repeat: the write is fenced, so a committed batch is not written twice.
-                failures += 1
-                delay = min(0.1 * 2**failures, 5.0)
-                log.warning(
-                    "recording %d outcomes failed (%s); retrying in %.1fs",
-                    len(batch),
-                    first_line(exc),
-                    delay,
-                )
-                await asyncio.sleep(delay)
-                continue
-            del self._finished[: len(batch)]
-            freed = set()
-            for outcome in batch:
-                durable = self._recording.pop((outcome.run_id, outcome.attempt), None)
-                if durable is not None:
-                    self.busy[durable] -= 1
-                    freed.add(durable)
-            # Claim again now only if a claim can find something: runs a full claim left behind,
-            # or runs this batch queued again for a retry (no notification announces those). A
-            # claim that finds nothing would only slow down the runs executing meanwhile.
-            if any(self._left_behind[d] for d in freed) or any(
-                o.kind in (OutcomeKind.RETRY, OutcomeKind.RELEASE) for o in batch
-            ):
-                self._wake.set()
-            for outcome in batch if failpoints.ENABLED else ():
-                failpoints.hit("after_finish", self._names.pop(outcome.run_id, ""))
-            if len(written) < len(batch):
-                fenced = {o.run_id for o in batch} - written.keys()
-                log.info(
-                    "outcomes of runs %s not recorded: their lease was lost (fenced)",
-                    sorted(fenced),
-                )
-
-    async def _write(self, batch: list[Outcome]) -> dict[int, Status]:
-        try:
-            rows = await self.store.finish(self.id, batch)
-            for outcome in batch if failpoints.ENABLED else ():
-                failpoints.lose_reply(
-                    "lost_reply_finish", self._names.get(outcome.run_id, ""), outcome.run_id
-                )
-            return rows
-        except psycopg.Error as exc:
-            if is_transient(exc):
-                raise
-            # One outcome the database refuses must not hold back the others: write them one by
-            # one, and record a failure in place of any that cannot be stored.
-            written: dict[int, Status] = {}
-            for outcome in batch:
-                try:
-                    written |= await self.store.finish(self.id, [outcome])
-                except psycopg.Error as exc:
-                    if is_transient(exc):
-                        raise
-                    log.error("run %s: its outcome cannot be stored (%s)", outcome.run_id, exc)
-                    problem = NotSerializable(f"the outcome could not be stored: {exc}")
-                    fallback = Outcome(
-                        outcome.run_id, outcome.attempt, OutcomeKind.FAIL, error=error_json(problem)
-                    )
-                    written |= await self.store.finish(self.id, [fallback])
-            return written
+    def _recorded(self, batch: list[Outcome], slots: list[bool]) -> None:
+        """A batch of outcomes was written (see :class:`~durably.recorder.Recorder`): their
+        slots are free."""
+        for durable in slots:
+            self.busy[durable] -= 1
+        # Claim again now only if a claim can find something: runs a full claim left behind,
+        # or runs this batch queued again for a retry (no notification announces those). A
+        # claim that finds nothing would only slow down the runs executing meanwhile.
+        if any(self._left_behind[d] for d in set(slots)) or any(
+            o.kind in (OutcomeKind.RETRY, OutcomeKind.RELEASE) for o in batch
+        ):
+            self._wake.set()
 
     # -- heartbeats and recovery -----------------------------------------------------------
 
@@ -677,7 +499,7 @@ class Worker:
             await asyncio.sleep(self.heartbeat_interval)
             sent = time.monotonic()
             try:
-                mine = [*self._running, *(o.run_id for o in self._finished)]
+                mine = [*self._running, *(o.run_id for o in self._recorder.pending)]
                 held = await self.store.heartbeat(self.id, self.lease, mine)
             except _DB_ERRORS as exc:
                 log.warning("heartbeat failed: %s", first_line(exc))
@@ -685,18 +507,6 @@ class Worker:
             for ex in list(self._running.values()):
                 if ex.claimed_at < sent and (ex.run_id, ex.attempt) not in held:
                     self._abandon(ex.run_id, "its lease was taken (recovered or cancelled)")
-
-    async def _sweep_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.sweep_interval)
-            try:
-                swept = await self.store.sweep(self.dead_after)
-                if swept and any(swept):
-                    log.info(
-                        "sweeper: %d runs recovered, %d past schedule timeout, %d woken", *swept
-                    )
-            except _DB_ERRORS as exc:
-                log.warning("sweep failed: %s", first_line(exc))
 
     # -- shutdown --------------------------------------------------------------------------
 
@@ -707,9 +517,8 @@ class Worker:
             self._abandon(ex.run_id, "worker shutting down")
         futures = [ex.future for ex in leftover if ex.future]
         if futures:  # bounded: an attempt may swallow its cancellation
-            await asyncio.wait(futures, timeout=_ABANDON_GRACE)
-        self._closing = True
-        self._flush_needed.set()
+            await asyncio.wait(futures, timeout=ABANDON_GRACE)
+        self._recorder.close()
         await self._flush_or_force()
         for task in background:
             task.cancel()
@@ -744,5 +553,5 @@ class Worker:
             self._flusher.cancel()
             log.warning(
                 "stopped before %d outcomes were recorded; their runs will be recovered",
-                len(self._finished),
+                len(self._recorder.pending),
             )
