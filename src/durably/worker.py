@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import signal
@@ -30,14 +29,15 @@ from . import failpoints, flow, telemetry
 from .attempt import Attempt
 from .definitions import TaskDefinition
 from .durable import DurableRun
-from .errors import ConfigurationError, DeadlineExceeded, DurablyError, LeaseLost
+from .errors import ConfigurationError, DurablyError
 from .eventloop import ABANDON_GRACE, contained_task, serve
+from .execution import execute
 from .flow import QueueLimits
 from .notify import Listener, Waiters
 from .recorder import Recorder
-from .records import CURRENT_RUN, ClaimedRun, Fence, Outcome, OutcomeKind, Suspend
+from .records import ClaimedRun, Outcome, OutcomeKind
 from .scheduler import Scheduler
-from .serde import encode_result, error_json
+from .serde import error_json
 from .storage import LATEST_VERSION, Store, first_line, is_transient
 from .sweeper import sweep_forever
 from .threads import DaemonThreads
@@ -348,7 +348,7 @@ class Worker:
             with telemetry.attempt_span(
                 ex.task.name, ex.run_id, ex.attempt, self.id, ex.trace_context
             ):
-                outcome = await self._attempt(ex)
+                outcome = await execute(self, ex)
         except Exception as exc:  # a fault of the worker itself must still end the attempt
             if is_transient(exc):  # e.g. suspending failed: the database went away
                 outcome = ex.released(exc, self.id)
@@ -373,72 +373,6 @@ class Worker:
                 self._recorder.add(outcome, ex.task.durable)
             else:
                 self._free_slot(ex)
-
-    async def _attempt(self, ex: Attempt) -> Outcome | None:
-        """Execute one attempt; its outcome, or None when there is nothing to record."""
-        task = ex.task
-        limit, by_deadline = ex.time_limit()
-        if by_deadline and limit is not None and limit <= 0:
-            await self._past_deadline(ex)  # e.g. queued past it, and claimed before a sweep
-            return None
-        timer = asyncio.timeout(limit)
-        durable = DurableRun(self, ex) if task.durable else None
-        try:
-            call_args, call_kwargs = task.signature.decode_args(ex.args)
-            failpoints.hit("task_start", task.name)
-            CURRENT_RUN.set(ex.run_id)  # this asyncio task's own context
-            async with timer:
-                if durable is not None:
-                    value = await durable.call(call_args, call_kwargs, ex.has_log)
-                elif task.is_async:
-                    value = await task.fn(*call_args, **call_kwargs)
-                else:
-                    call = functools.partial(task.fn, *call_args, **call_kwargs)
-                    value = await asyncio.get_running_loop().run_in_executor(self.threads, call)
-            failpoints.hit("after_body", task.name)
-            result = encode_result(task.name, value, self.app.max_payload)
-            return Outcome(ex.run_id, ex.attempt, OutcomeKind.OK, result=result)
-        except Suspend as suspend:
-            assert durable is not None
-            await durable.suspend(suspend)
-            return None
-        except LeaseLost as exc:
-            log.info("run %s: %s", ex.run_id, first_line(exc))
-            return None
-        except asyncio.CancelledError as exc:
-            current = asyncio.current_task()
-            if ex.abandoned or (current is not None and current.cancelling()):
-                raise  # taken away from us (lease lost, cancelled, shutdown): write nothing
-            return ex.failed(exc, self.id)
-        except BaseException as exc:  # anything a task raises fails only its run
-            if isinstance(exc, TimeoutError) and timer.expired():
-                if by_deadline:  # final, not retried; a lost lease writes nothing
-                    if durable is None or not durable.lost:
-                        await self._past_deadline(ex)
-                    return None
-                exc = TimeoutError(
-                    f"{task.name} did not finish within its timeout of {task.timeout}s"
-                )
-            if durable is not None and durable.lost:
-                return None
-            if durable is not None and durable.interrupted is not None:
-                return ex.released(durable.interrupted, self.id)
-            return ex.failed(exc, self.id)
-
-    async def _past_deadline(self, ex: Attempt) -> None:
-        """The run reached its run deadline while this attempt held it: fail it for good and
-        cancel its unfinished children, in one fenced statement (nothing is left to record)."""
-        written = await self.store.fail_past_deadline(Fence(ex.run_id, ex.attempt, self.id))
-        deadline = ex.task.execution_deadline
-        log.info(
-            "run %s (%s) attempt %s passed its run deadline%s",
-            ex.run_id,
-            ex.task.name,
-            ex.attempt,
-            "" if written else " (it was no longer held)",
-            extra=ex.fields(self.id),
-        )
-        telemetry.fail(DeadlineExceeded(f"execution deadline of {deadline} s"), "fail")
 
     def _abandon(self, run_id: int, why: str) -> None:
         ex = self._running.get(run_id)
