@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 import durably
+from durably.console import Console
 from tests.cli_support import Cli, cli, run_in_terminal, run_script, script_env
 from tests.helpers import wait_until
 
@@ -267,7 +268,7 @@ def test_show_a_durable_run_with_children_and_its_event_log(cli: Cli, app: durab
             "receipt": {"order": "o-1", "charged": 100},
             "total": 42,
         }
-    children = app.children_page(handle.id)
+    children = Console(app).children_page(handle.id)
     log = app.event_log(handle.id)
 
     shown = cli("runs", "show", str(handle.id))
@@ -563,7 +564,7 @@ def test_fork_at_an_event(cli: Cli, app: durably.App) -> None:
     assert too_far.stderr.startswith(
         f"refused: run {source.id} has 4 event(s): give --at-event from 0 to 4"
     )
-    child = app.children_page(source.id)[0]["id"]
+    child = Console(app).children_page(source.id)[0]["id"]
     not_durable = cli("runs", "fork", str(child), "--at-event", "0")
     assert not_durable.exit_code == 1
     assert "is not a durable run: it has no event log to fork" in not_durable.stderr

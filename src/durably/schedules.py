@@ -17,12 +17,12 @@ from typing import Any, Protocol
 from . import cron as cronlib
 from .cron import CATCH_UP as CATCH_UP
 from .cron import DEFAULT_CATCH_UP, check_catch_up
+from .definitions import TaskDefinition
 from .errors import UnknownSchedule
 from .records import CallOptions, ScheduleRow, ScheduleSpec
 from .scheduler import fire_time as fire_time
 from .serde import check_text, dumps
 from .storage import Store
-from .tasks import Task
 
 
 class ScheduleOwner(Protocol):
@@ -31,7 +31,7 @@ class ScheduleOwner(Protocol):
     schema: str
 
     async def store(self) -> Store: ...
-    def get_task(self, name: str) -> Task[Any, Any]: ...
+    def get_task(self, name: str) -> TaskDefinition: ...
     def pause_schedule(self, name: str) -> Schedule: ...
     async def pause_schedule_async(self, name: str) -> Schedule: ...
     def resume_schedule(self, name: str) -> Schedule: ...
@@ -121,7 +121,7 @@ class Schedule:
 # -- checks ---------------------------------------------------------------------------------
 
 
-def default_name(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+def default_name(task: TaskDefinition, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     """The task's name, followed by a digest of the arguments when there are any: calling
     ``app.schedule`` again with the same task and arguments updates the same schedule."""
     if not args and not kwargs:
@@ -135,7 +135,7 @@ def default_name(task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, 
 
 async def save(
     app: ScheduleOwner,
-    task: Task[Any, Any] | str,
+    task: TaskDefinition | str,
     cron: str,
     args: tuple[Any, ...] | list[Any] = (),
     kwargs: dict[str, Any] | None = None,
@@ -145,7 +145,7 @@ async def save(
     catch_up: str = DEFAULT_CATCH_UP,
 ) -> Schedule:
     """Create or update the schedule ``name`` (see :meth:`durably.App.schedule`)."""
-    task = task if isinstance(task, Task) else app.get_task(task)
+    task = task if isinstance(task, TaskDefinition) else app.get_task(task)
     if not isinstance(args, tuple | list):
         raise TypeError(
             f"args={args!r} is not valid: pass a tuple of positional arguments, e.g. ('eu',)"

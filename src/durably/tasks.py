@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import fields, replace
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypedDict, TypeVar
+from typing import Any, Generic, ParamSpec, Protocol, TypedDict, TypeVar
 
 import psycopg
 
@@ -15,14 +15,30 @@ from . import telemetry
 from .definitions import Bound, TaskDefinition, check_execution_deadline
 from .errors import RunCancelled, RunFailed
 from .flow import KeySource
+from .notify import Waiters
 from .records import TERMINAL, CallOptions, NewRun, RunState, Status
 from .retry import Backoff
-
-if TYPE_CHECKING:
-    from .app import App
+from .storage import Store
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
+
+
+class App(Protocol):
+    """What tasks and run handles need of the App they belong to (:class:`durably.App`)."""
+
+    @property
+    def schema(self) -> str: ...
+    @property
+    def max_payload(self) -> int: ...
+    @property
+    def registry(self) -> Mapping[str, Task[Any, Any]]: ...
+    async def store(self) -> Store: ...
+    async def waiters(self) -> Waiters: ...
+    def call(self, coro: Coroutine[Any, Any, T]) -> T: ...
+    def cancel(self, run_id: int) -> bool: ...
+    async def cancel_async(self, run_id: int) -> bool: ...
 
 
 class TaskOptions(TypedDict, total=False):

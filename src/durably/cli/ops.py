@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from ..app import App
+from ..console import Console
 from ..serde import dumps
 from ..storage import LATEST_VERSION, MIGRATIONS, Migration
 from .common import TEXT, database_options, friendly_errors, json_option, resolve_app
@@ -105,7 +106,7 @@ def workers_list(
     """Workers, live ones first: slots in use (task runs held out of the task slots, durable
     runs held), and the age of the last heartbeat on the database clock."""
     app = resolve_app(app_spec, database_url, schema, migrate=True)
-    rows = [w for w in app.workers_overview(limit) if w["alive"] or not alive]
+    rows = [w for w in Console(app).workers_overview(limit) if w["alive"] or not alive]
     if as_json:
         print_json(rows)
     else:
@@ -145,7 +146,7 @@ def queues_list(
     the age of the oldest due run, queued runs no live worker serves, and the runs completed
     and failed in the last minute."""
     app = resolve_app(app_spec, database_url, schema, migrate=True)
-    rows = app.queues_overview(THROUGHPUT_WINDOW, QUEUE_CAP)
+    rows = Console(app).queues_overview(THROUGHPUT_WINDOW, QUEUE_CAP)
     if as_json:
         print_json(rows)
     else:

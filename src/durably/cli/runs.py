@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from ..app import App
+from ..console import Console
 from ..records import DELAYED
 from .common import (
     RUN_ID,
@@ -92,7 +93,7 @@ def runs_list(
     """List runs, newest first, a page at a time."""
     app = resolve_app(app_spec, database_url, schema, migrate=True)
     chosen = run_filter(statuses, task, queue, since, until)
-    rows = app.runs_page(**chosen.query(), limit=limit + 1, before_id=before_id)
+    rows = Console(app).runs_page(**chosen.query(), limit=limit + 1, before_id=before_id)
     page = rows[:limit]
     if as_json:
         print_json(page)
@@ -159,7 +160,7 @@ def _what_now(name: str, run_id: int, status: str) -> str:
 
 def explain_refusal(app: App, name: str, run_id: int) -> str:
     """Why ``name`` did nothing to ``run_id``, and what to do instead (one line)."""
-    detail = app.run_detail(run_id)
+    detail = Console(app).run_detail(run_id)
     if detail is None:
         return missing(app, run_id)
     status = str(detail["status"])
@@ -224,7 +225,7 @@ def act_in_bulk(app: App, action: Action, chosen: RunFilter, yes: bool) -> None:
     """Count the matching runs, ask, then act on them in pages, oldest first."""
     statuses = _applicable(action, chosen)
     query = chosen.query(statuses)
-    found = app.runs_count(**query)
+    found = Console(app).runs_count(**query)
     shown = RunFilter(statuses, chosen.task, chosen.queue, chosen.since, chosen.until).describe()
     if not found["runs"]:
         click.echo(f"no run matches ({shown}): nothing to {action.name}")
@@ -252,7 +253,7 @@ def _bulk_pages(
     with ProgressDisplay(f"{action.name}", int(found["runs"])) as progress:
         try:
             while cursor < last:
-                page = app.runs_page(**query, after_id=cursor, limit=BULK_PAGE, preview=0)
+                page = Console(app).runs_page(**query, after_id=cursor, limit=BULK_PAGE, preview=0)
                 ids = sorted(r["id"] for r in page if r["id"] <= last)
                 if not ids:
                     break
@@ -339,7 +340,7 @@ def runs_fork(
     """Start a new run of a durable run's task and input whose event log begins with the first
     N events of RUN_ID's; RUN_ID itself is untouched."""
     app = resolve_app(app_spec, database_url, schema, migrate=True)
-    detail = app.run_detail(run_id)
+    detail = Console(app).run_detail(run_id)
     if detail is None:
         refuse(missing(app, run_id))
     if not detail["durable"]:

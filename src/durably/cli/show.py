@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from ..app import App
+from ..console import Console
 from .common import (
     RUN_ID_OR_ZERO,
     SEQ,
@@ -93,14 +94,14 @@ def show_command(
     """Show one run: input, output or error with its traceback, attempts, parent and children,
     and its event log (each event's kind, name, key, result and times)."""
     app = resolve_app(app_spec, database_url, schema, migrate=True)
-    detail = app.run_detail(run_id)
+    detail = Console(app).run_detail(run_id)
     if detail is None:
         refuse(missing(app, run_id))
     if event_seq is not None:
         show_event(app, detail, event_seq, as_json)
         return
-    events = app.events_page(run_id, events_from, events_limit + 1)
-    children = app.children_page(run_id, children_after, children_limit + 1)
+    events = Console(app).events_page(run_id, events_from, events_limit + 1)
+    children = Console(app).children_page(run_id, children_after, children_limit + 1)
     shown = Shown(detail, events[:events_limit], children[:children_limit])
     shown.next_events = events[-1]["seq"] if len(events) > events_limit else None
     shown.next_children = children[-2]["id"] if len(children) > children_limit else None
@@ -293,7 +294,7 @@ EVENT_COLUMNS = [
 
 def show_event(app: App, run: dict[str, Any], seq: int, as_json: bool) -> None:
     """One entry of the run's event log in full."""
-    event = app.event_detail(run["id"], seq)
+    event = Console(app).event_detail(run["id"], seq)
     if event is None:
         refuse(
             f"run {run['id']} has no event {seq}: it has {run['events']} event(s), numbered from 0"

@@ -15,7 +15,8 @@ from starlette.responses import RedirectResponse, Response
 
 from ..errors import DurablyError
 from .security import SESSION_COOKIE, checked_form, safe_next, session_cookie
-from .views import INTEGER, dashboard, path_id, whole_number
+from .state import dashboard
+from .views import INTEGER, path_id, whole_number
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ async def confirm(request: Request) -> Response:
     """What the action will do to this run, and the form that confirms it."""
     name, action = _action(request)
     run_id = path_id(request, "run_id")
-    run = await dashboard(request).app.run_detail_async(run_id)
+    run = await dashboard(request).console.run_detail_async(run_id)
     if run is None:
         raise HTTPException(404, f"run {run_id} does not exist")
     applies = run["status"] in action.statuses and (name != "fork" or run["durable"])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import jinja2
@@ -20,42 +19,13 @@ from starlette.templating import Jinja2Templates
 from ..errors import ConfigurationError, DurablyError
 from ..storage import LATEST_VERSION
 from . import DEFAULT_HOST, DEFAULT_PORT, actions, bind_problem, render, views
-from .security import CSRF_FIELD, Guard, GuardMiddleware
+from .security import Guard, GuardMiddleware
+from .state import Dashboard
 
 if TYPE_CHECKING:
     from ..app import App
 
 HERE = __file__.rsplit("/", 1)[0]
-
-
-@dataclass
-class Dashboard:
-    """What every request handler needs: the App, the templates and the guard."""
-
-    app: App
-    templates: Jinja2Templates
-    guard: Guard
-
-    def render(
-        self,
-        request: Request,
-        name: str,
-        context: dict[str, Any] | None = None,
-        status_code: int = 200,
-    ) -> Response:
-        """Render a template (autoescaped) with the page's common context."""
-        return self.templates.TemplateResponse(request, name, context, status_code=status_code)
-
-    def common(self, request: Request) -> dict[str, Any]:
-        """Context every template gets: the CSRF token of the session, the mode, the schema."""
-        sid = getattr(request.state, "sid", None)
-        return {
-            "csrf_field": CSRF_FIELD,
-            "csrf": self.guard.csrf_token(sid) if sid else "",
-            "read_only": self.guard.read_only,
-            "auth": self.guard.token is not None and sid is not None,
-            "schema": self.app.schema,
-        }
 
 
 def _templates(common: Any) -> Jinja2Templates:

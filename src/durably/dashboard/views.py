@@ -1,7 +1,7 @@
 """The dashboard's read-only pages: runs, a run with its event log, queues, workers.
 
-Every list is a keyset page read through the App's operator views (``App.runs_page_async`` and
-friends), so a page costs the same however many runs are stored. Parts that change on their own
+Every list is a keyset page read through the operator's console (``Console.runs_page_async``
+and friends), so a page costs the same however many runs are stored. Parts that change on their own
 (the runs table, a live run's summary, queues, workers, the chart) are also served alone as
 fragments, which htmx polls and swaps in place.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlencode
 
 from starlette.datastructures import QueryParams
@@ -20,9 +20,7 @@ from starlette.responses import RedirectResponse, Response
 
 from ..serde import storable_problem
 from .render import ENDED, FILTER_STATUSES, chart, nondeterminism
-
-if TYPE_CHECKING:
-    from .server import Dashboard
+from .state import dashboard
 
 # The largest values the database stores: run ids are bigint, event sequence numbers integer.
 BIGINT = 2**63 - 1
@@ -40,12 +38,6 @@ NOTICES = {
     "cancelled": "Cancelled, with every unfinished run below it.",
     "forked": "This run is a fork: its event log starts with the events copied from the source.",
 }
-
-
-def dashboard(request: Request) -> Dashboard:
-    """The dashboard serving this request."""
-    found: Dashboard = request.app.state.dashboard
-    return found
 
 
 def whole_number(text: str, name: str, maximum: int = BIGINT) -> int:
@@ -161,9 +153,9 @@ class RunQuery:
 
 async def _runs(request: Request) -> dict[str, Any]:
     q = RunQuery.parse(request.query_params)
-    app = dashboard(request).app
+    console = dashboard(request).console
     filters = q.filters()
-    rows = await app.runs_page_async(
+    rows = await console.runs_page_async(
         **filters, limit=RUNS_PAGE + 1, before_id=q.before, after_id=q.after
     )
     if q.after is not None:
@@ -179,7 +171,7 @@ async def runs_page(request: Request) -> Response:
     q: RunQuery = context["q"]
     if q.after is not None and not context["runs"]:
         return RedirectResponse("/?" + q.link(), 303)
-    tasks = await dashboard(request).app.task_names_async()
+    tasks = await dashboard(request).console.task_names_async()
     return dashboard(request).render(request, "runs.html", {**context, "tasks": tasks})
 
 
@@ -190,13 +182,13 @@ async def runs_table(request: Request) -> Response:
 
 async def _run(request: Request) -> dict[str, Any]:
     run_id = path_id(request, "run_id")
-    app = dashboard(request).app
-    run = await app.run_detail_async(run_id)
+    console = dashboard(request).console
+    run = await console.run_detail_async(run_id)
     if run is None:
-        raise HTTPException(404, f"run {run_id} does not exist in schema {app.schema!r}")
+        raise HTTPException(404, f"run {run_id} does not exist in schema {console.schema!r}")
     mismatch = nondeterminism(run["error"])
     if mismatch is not None:
-        mismatch["recorded"] = await app.event_detail_async(run_id, mismatch["seq"])
+        mismatch["recorded"] = await console.event_detail_async(run_id, mismatch["seq"])
     end = run["finished_at"] or run["db_now"]
     return {"run": run, "mismatch": mismatch, "live": run["status"] not in ENDED, "end": end}
 
@@ -205,12 +197,12 @@ async def run_page(request: Request) -> Response:
     """One run: summary, input and output or error, children, and the first page of its log."""
     context = await _run(request)
     run_id = context["run"]["id"]
-    app = dashboard(request).app
+    console = dashboard(request).console
     # Without JavaScript, "more" links land here with the page position in the query string.
     start = _int_param(request.query_params, "from", 0, INTEGER) or 0
     after = _int_param(request.query_params, "after", 0) or 0
-    events = await app.events_page_async(run_id, start, EVENTS_PAGE + 1)
-    children = await app.children_page_async(run_id, after, CHILDREN_PAGE + 1)
+    events = await console.events_page_async(run_id, start, EVENTS_PAGE + 1)
+    children = await console.children_page_async(run_id, after, CHILDREN_PAGE + 1)
     notice = NOTICES.get(request.query_params.get("notice", ""))
     return dashboard(request).render(
         request,
@@ -240,8 +232,8 @@ async def run_events(request: Request) -> Response:
     """The next page of a run's event log: rows that replace its "more" row."""
     context = await _run(request)
     start = _int_param(request.query_params, "from", 0, INTEGER) or 0
-    app = dashboard(request).app
-    events = await app.events_page_async(context["run"]["id"], start, EVENTS_PAGE + 1)
+    console = dashboard(request).console
+    events = await console.events_page_async(context["run"]["id"], start, EVENTS_PAGE + 1)
     return dashboard(request).render(
         request, "_event_rows.html", {**context, **_events_context(events)}
     )
@@ -251,8 +243,8 @@ async def run_children(request: Request) -> Response:
     """The next page of a run's children."""
     context = await _run(request)
     after = _int_param(request.query_params, "after", 0) or 0
-    app = dashboard(request).app
-    children = await app.children_page_async(context["run"]["id"], after, CHILDREN_PAGE + 1)
+    console = dashboard(request).console
+    children = await console.children_page_async(context["run"]["id"], after, CHILDREN_PAGE + 1)
     return dashboard(request).render(
         request, "_child_rows.html", {**context, **_children_context(children)}
     )
@@ -262,7 +254,7 @@ async def event_page(request: Request) -> Response:
     """One event of a run's log in full."""
     context = await _run(request)
     seq = path_id(request, "seq", INTEGER)
-    event = await dashboard(request).app.event_detail_async(context["run"]["id"], seq)
+    event = await dashboard(request).console.event_detail_async(context["run"]["id"], seq)
     if event is None:
         raise HTTPException(404, f"run {context['run']['id']} has no event {seq}")
     return dashboard(request).render(request, "event.html", {**context, "event": event})
@@ -274,12 +266,12 @@ def _minutes(request: Request) -> int:
 
 
 async def _queues(request: Request) -> dict[str, Any]:
-    app = dashboard(request).app
+    console = dashboard(request).console
     minutes = _minutes(request)
     return {
-        "queues": await app.queues_overview_async(60.0, QUEUE_COUNT_CAP),
+        "queues": await console.queues_overview_async(60.0, QUEUE_COUNT_CAP),
         "cap": QUEUE_COUNT_CAP,
-        "chart": chart(await app.throughput_async(minutes)),
+        "chart": chart(await console.throughput_async(minutes)),
         "minutes": minutes,
     }
 
@@ -296,11 +288,11 @@ async def queues_table(request: Request) -> Response:
 
 async def workers_page(request: Request) -> Response:
     """Workers: alive or stopped, slots and runs held, last heartbeat."""
-    workers = await dashboard(request).app.workers_overview_async()
+    workers = await dashboard(request).console.workers_overview_async()
     return dashboard(request).render(request, "workers.html", {"workers": workers})
 
 
 async def workers_table(request: Request) -> Response:
     """The workers table alone, for htmx to poll."""
-    workers = await dashboard(request).app.workers_overview_async()
+    workers = await dashboard(request).console.workers_overview_async()
     return dashboard(request).render(request, "_workers.html", {"workers": workers})
