@@ -1,18 +1,19 @@
-# Two entry points, each installing what it needs into .venv first:
+# Entry points, each installing what it needs into .venv first:
 #   make demo   run the demo on an embedded PostgreSQL (or DURABLY_DATABASE_URL / DATABASE_URL)
 #   make test   run the whole test suite (against DATABASE_URL, else the embedded PostgreSQL)
+#   make check  format, lint, types, layers and the unit tests: seconds, no database needed
 PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: demo test lint bench compare chaos install
+.PHONY: demo test lint check bench compare chaos install
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e . --group dev
 	touch $@
 
 install: $(VENV)/.installed
@@ -25,7 +26,12 @@ test: install
 
 lint: install
 	$(BIN)/ruff check src tests bench examples
-	$(BIN)/mypy src
+	$(BIN)/mypy src tests
+	$(BIN)/lint-imports
+
+check: lint
+	$(BIN)/ruff format --check src tests bench examples
+	$(BIN)/pytest -q tests/unit
 
 bench: install
 	$(BIN)/python -m bench.queue

@@ -124,9 +124,12 @@ class DurableContext:
 
     # -- replay --------------------------------------------------------------------------------
 
-    def _lookup(self, kind: str, name: str, input_value: Any) -> tuple[int, str, str, Entry | None]:
-        """Take the next sequence number; return the recorded entry there, if any. An input
-        that cannot be recorded raises NotSerializable or PayloadTooLarge."""
+    def _lookup(
+        self, kind: str, name: str, input_value: Any, input_json: str | None = None
+    ) -> tuple[int, str, str, Entry | None]:
+        """Take the next sequence number; return the recorded entry there, if any. The input is
+        ``input_json`` when already encoded (canonically), else ``input_value`` encoded here: an
+        input that cannot be recorded raises NotSerializable or PayloadTooLarge."""
         if self._run.suspending is not None:  # user code caught the suspension: raise it again
             raise self._run.suspending
         inside = _step_key.get()
@@ -136,8 +139,9 @@ class DurableContext:
                 "a re-execution replays that step without calling it, so the operation would "
                 "vanish from the order of operations; call it from the workflow function instead"
             )
-        what = f"the input of {kind} {name!r}"
-        input_json = encode_value(input_value, what, self._max_payload, sort_keys=True)
+        if input_json is None:
+            what = f"the input of {kind} {name!r}"
+            input_json = encode_value(input_value, what, self._max_payload, sort_keys=True)
         seq = self._next_seq
         self._next_seq += 1
         key = operation_key(kind, name, input_json)
@@ -280,9 +284,7 @@ class DurableContext:
         run = task.new_run(args, kwargs, opts, telemetry.carrier())
         # The options are not part of the operation's key: they say how the child is scheduled,
         # not what it does, so changing them between deploys leaves runs in flight replayable.
-        seq, key, _, entry = self._lookup(
-            "child", task.name, {"args": list(args), "kwargs": kwargs}
-        )
+        seq, key, _, entry = self._lookup("child", task.name, None, input_json=run.args)
         self._run.child_names[seq] = task.name
         self._child_returns[seq] = task.signature.returns
         loop = asyncio.get_running_loop()

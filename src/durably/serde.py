@@ -140,9 +140,10 @@ def _refusal(what: str, value: Any, exc: Exception) -> NotSerializable:
 
 
 def encode_args(task: str, args: tuple[Any, ...], kwargs: dict[str, Any], limit: int) -> str:
-    """Encode a call's arguments, naming the first argument that is not JSON."""
+    """Encode a call's arguments (canonical JSON: a child run's arguments are also the input
+    its parent's log entry is keyed by), naming the first argument that is not JSON."""
     try:
-        encoded = dumps({"args": args, "kwargs": kwargs})
+        encoded = dumps({"args": args, "kwargs": kwargs}, sort_keys=True)
     except (TypeError, ValueError) as exc:
         named = [(f"argument {i + 1}", v) for i, v in enumerate(args)]
         named += [(f"argument {k!r}", v) for k, v in kwargs.items()]

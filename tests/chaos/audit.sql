@@ -43,7 +43,7 @@ BEGIN
     -- A RUNNING attempt may be ended only by its holder (an outcome, a suspension), or taken
     -- back by a sweeper (a recovery: recoveries + 1, no worker, same attempt). Whether the
     -- sweeper was right to recover it depends on what its statement's snapshot saw, which a
-    -- trigger cannot see; tests/test_properties.py checks the sweeper's rules exactly.
+    -- trigger cannot see; tests/store/test_properties.py checks the sweeper's rules exactly.
     IF OLD.status = 'RUNNING' AND NEW.status <> 'RUNNING'
        AND NOT {schema}.chaos_is_holder(OLD)
        AND NOT (NEW.recoveries = OLD.recoveries + 1 AND NEW.worker_id IS NULL

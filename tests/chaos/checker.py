@@ -24,7 +24,7 @@ AUDIT_SQL = Path(__file__).with_name("audit.sql")
 
 def install_audit(conn: psycopg.Connection[Any], schema: str) -> None:
     """Install the audit triggers and the workload's tables in a migrated schema."""
-    conn.execute(AUDIT_SQL.read_text().replace("{schema}", f'"{schema}"'))  # type: ignore[arg-type]
+    conn.execute(AUDIT_SQL.read_text().replace("{schema}", f'"{schema}"').encode())
 
 
 @dataclass

@@ -508,7 +508,7 @@ class Chaos:
             for query in queries:
                 lines.append(query)
                 sql = query.replace("{schema}", f'"{SCHEMA}"')
-                lines += [f"  {row}" for row in conn.execute(sql).fetchall()]  # type: ignore[arg-type]
+                lines += [f"  {row}" for row in conn.execute(sql.encode()).fetchall()]
         return lines
 
     def _shutdown(self) -> None:

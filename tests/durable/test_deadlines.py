@@ -288,6 +288,7 @@ def test_bad_options_are_refused_in_one_line(app: durably.App) -> None:
 
     def not_a_task() -> None: ...
 
+    bad: Any
     for bad in (0, -1, "2", True):
         with pytest.raises(ValueError, match=r"execution_deadline=.* is not valid") as e:
             target.options(execution_deadline=bad)

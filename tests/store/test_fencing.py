@@ -20,7 +20,7 @@ async def _scenario(app: durably.App) -> dict[str, Any]:
     try:
         await store.migrate()
         task = app.registry["fenced"]
-        [run_id] = await store.enqueue([task.new_run(("x",), {}, durably.tasks.CallOptions())])
+        [run_id] = await store.enqueue([task.new_run(("x",), {}, durably.records.CallOptions())])
         stale, fresh = str(uuid.uuid4()), str(uuid.uuid4())
         [claimed] = (await store.claim(stale, ["default"], ["fenced"], 1, 30.0)).runs
         # The stale worker never registered, so the sweeper sees its run as orphaned at once:
@@ -83,7 +83,7 @@ def test_recoveries_are_capped(make_app: Callable[..., durably.App]) -> None:
         try:
             await store.migrate()
             task = app.registry["kills_worker"]
-            [run_id] = await store.enqueue([task.new_run((), {}, durably.tasks.CallOptions())])
+            [run_id] = await store.enqueue([task.new_run((), {}, durably.records.CallOptions())])
             sweeps = []
             for _ in range(3):
                 await store.claim(str(uuid.uuid4()), ["default"], ["kills_worker"], 1, 30.0)

@@ -267,5 +267,7 @@ def test_a_parent_gathering_many_children_is_woken_once_they_all_ended(
 
     with qapp.worker(slots=5, evict_after=0.1, sweep_interval=0.2):
         assert gatherer.enqueue(100).result(timeout=60) == sum(range(100))
-    row = db.execute(f"SELECT attempt FROM \"{schema}\".runs WHERE task = 'gatherer'").fetchone()
+    row: Any = db.execute(
+        f"SELECT attempt FROM \"{schema}\".runs WHERE task = 'gatherer'"
+    ).fetchone()
     assert row is not None and row[0] <= 4, f"the parent executed {row[0]} times"

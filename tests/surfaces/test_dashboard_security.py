@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, Page, expect
@@ -48,7 +49,8 @@ def tasks(app: durably.App) -> Tasks:
 
 def csrf_of(server: DashboardServer, page: Page) -> str:
     """The CSRF token of the page's session, as the server computes it."""
-    guard = server.server.config.app.state.dashboard.guard
+    asgi: Any = server.server.config.app
+    guard = asgi.state.dashboard.guard
     cookie = next(c["value"] for c in page.context.cookies() if c["name"] == "durably_session")
     sid = guard.session_id(cookie)
     assert sid is not None
@@ -233,6 +235,7 @@ def serving(proc: subprocess.Popen[str], port: int) -> Reply:
     reply = wait_until(answered, 30, 0.1, what="the dashboard to answer")
     proc.terminate()
     proc.communicate(timeout=30)
+    assert reply is not None
     return reply
 
 
