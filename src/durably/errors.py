@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .records import Status
+
 
 class DurablyError(Exception):
     """Base class of every error durably raises."""
@@ -59,7 +61,9 @@ class LeaseLost(DurablyError):
 class RunFailed(DurablyError):
     """A run ended FAILED (or CANCELLED); carries the remote error."""
 
-    def __init__(self, run_id: int, error: dict[str, Any] | None, status: str = "FAILED") -> None:
+    def __init__(
+        self, run_id: int, error: dict[str, Any] | None, status: str = Status.FAILED
+    ) -> None:
         self.run_id = run_id
         self.status = status
         err = error or {}

@@ -11,13 +11,13 @@ from typing import Any, TypeVar
 
 import click
 
-from ..records import DELAYED
+from ..records import DELAYED, Status
 from .common import TEXT
 
-STATUSES = ("QUEUED", "RUNNING", "WAITING", "COMPLETED", "FAILED", "CANCELLED")
+STATUSES = tuple(Status)
 # What --status takes: the statuses, and DELAYED, which is not one: a QUEUED run not due yet
 # (delay=, run_at=, a retry's backoff), as App.runs_page reads it.
-FILTER_STATUSES = ("QUEUED", DELAYED, *STATUSES[1:])
+FILTER_STATUSES = (Status.QUEUED, DELAYED, *STATUSES[1:])
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"^(?:\d+(?:\.\d+)?[smhdw])+$")
 _PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")

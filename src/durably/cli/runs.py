@@ -10,7 +10,7 @@ import click
 
 from ..app import App
 from ..console import Console
-from ..records import DELAYED
+from ..records import DELAYED, ENDED, NOT_ENDED, RETRYABLE, Status
 from .common import (
     RUN_ID,
     SEQ,
@@ -124,20 +124,20 @@ class Action:
 ACTIONS = {
     "retry": Action(
         "retry",
-        ("FAILED", "CANCELLED"),
+        RETRYABLE,
         "queued again",
         "only a FAILED or CANCELLED run can be retried",
         "queued {runs} again",
     ),
     "replay": Action(
         "replay",
-        ("COMPLETED", "FAILED", "CANCELLED"),
+        ENDED,
         "replaying from scratch",
         "only a run that has ended (COMPLETED, FAILED or CANCELLED) can be replayed",
     ),
     "cancel": Action(
         "cancel",
-        ("QUEUED", "RUNNING", "WAITING"),
+        NOT_ENDED,
         "cancelled",
         "it has already ended, so there is nothing to cancel",
         "cancelled {runs}",
@@ -151,9 +151,9 @@ def _perform(app: App, name: str, run_id: int) -> bool:
 
 def _what_now(name: str, run_id: int, status: str) -> str:
     """What an operator can do instead, after a refusal."""
-    if status in ("QUEUED", "RUNNING", "WAITING"):
+    if status in NOT_ENDED:
         return f"wait for it to end, or cancel it first (durably runs cancel {run_id})"
-    if name == "retry" and status == "COMPLETED":
+    if name == "retry" and status == Status.COMPLETED:
         return f"to run it again from scratch: durably runs replay {run_id}"
     return f"to run it again: durably runs retry {run_id}"
 
@@ -202,7 +202,7 @@ def _applicable(action: Action, chosen: RunFilter) -> tuple[str, ...]:
     wrong = [
         s
         for s in chosen.statuses
-        if s not in action.statuses and not (s == DELAYED and "QUEUED" in action.statuses)
+        if s not in action.statuses and not (s == DELAYED and Status.QUEUED in action.statuses)
     ]
     if wrong:
         raise click.BadParameter(

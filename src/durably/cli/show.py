@@ -10,6 +10,7 @@ import click
 
 from ..app import App
 from ..console import Console
+from ..records import Status
 from .common import (
     RUN_ID_OR_ZERO,
     SEQ,
@@ -168,7 +169,7 @@ def _took(start: datetime | None, end: datetime | None) -> str:
 
 
 def _waiting_for(run: dict[str, Any]) -> str | None:
-    if run["status"] != "WAITING":
+    if run["status"] != Status.WAITING:
         return None
     waits = []
     if run["wait_children"]:
@@ -214,7 +215,7 @@ def run_fields(run: dict[str, Any]) -> list[tuple[str, str]]:
     end = run["finished_at"] or (run["db_now"] if run["started_at"] else None)
     fields += [
         ("created_at", fmt_time(run["created_at"], ms=True)),
-        *([("run_at", _due(run))] if run["status"] == "QUEUED" else []),
+        *([("run_at", _due(run))] if run["status"] == Status.QUEUED else []),
         ("started_at", fmt_time(run["started_at"], ms=True)),
         ("finished_at", fmt_time(run["finished_at"], ms=True)),
         ("took", _took(run["started_at"], end)),
@@ -247,7 +248,7 @@ def print_error(error: dict[str, Any]) -> None:
 def print_payloads(run: dict[str, Any]) -> None:
     """The run's input, then its output or its error."""
     _print_payload("input", run["args"])
-    if run["status"] == "COMPLETED":
+    if run["status"] == Status.COMPLETED:
         _print_payload("output", run["result"])
     if run["error"]:
         print_error(run["error"])

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from ..errors import DurablyError
+from ..records import ENDED, NOT_ENDED, RETRYABLE, Status
 from .security import SESSION_COOKIE, checked_form, safe_next, session_cookie
 from .state import dashboard
 from .views import INTEGER, path_id, whole_number
@@ -32,28 +33,28 @@ class Action:
 ACTIONS = {
     "retry": Action(
         "Retry",
-        ("FAILED", "CANCELLED"),
+        RETRYABLE,
         "The run goes back to the queue with its event log kept: a durable run resumes after "
         "its last checkpoint, nothing it already recorded is done again.",
         "only a failed or cancelled run can be retried",
     ),
     "replay": Action(
         "Replay",
-        ("COMPLETED", "FAILED", "CANCELLED"),
+        ENDED,
         "The run executes again from scratch: its event log is archived (kept for audit) and "
         "every step, child and wait happens again.",
         "only a run that has ended can be replayed",
     ),
     "cancel": Action(
         "Cancel",
-        ("QUEUED", "RUNNING", "WAITING"),
+        NOT_ENDED,
         "The run and every unfinished run below it are cancelled; a running async task is "
         "interrupted, a sync one sees ctx.cancelled.",
         "only a run that has not ended can be cancelled",
     ),
     "fork": Action(
         "Fork",
-        ("QUEUED", "RUNNING", "WAITING", "COMPLETED", "FAILED", "CANCELLED"),
+        tuple(Status),
         "A new run of the same task and input starts with the first N events of this run's "
         "log copied, and executes live from event N on. This run is untouched.",
         "only a durable run can be forked",

@@ -13,13 +13,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ..records import DELAYED
+from ..records import DELAYED, ENDED, Status
 
-STATUSES = ("QUEUED", "RUNNING", "WAITING", "COMPLETED", "FAILED", "CANCELLED")
+STATUSES = tuple(Status)
 # The runs page's status filter: the statuses, and DELAYED, which is not one: a QUEUED run not
 # due yet (delay=, run_at=, a retry's backoff), as App.runs_page reads it.
-FILTER_STATUSES = ("QUEUED", DELAYED, *STATUSES[1:])
-ENDED = ("COMPLETED", "FAILED", "CANCELLED")
+FILTER_STATUSES = (Status.QUEUED, DELAYED, *STATUSES[1:])
 # Past this, a value shown in full on a run's page is cut (payloads may be megabytes).
 SHOW_LIMIT = 64 * 1024
 TIMELINE_WIDTH = 160

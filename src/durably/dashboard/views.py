@@ -18,8 +18,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from ..records import ENDED
 from ..serde import storable_problem
-from .render import ENDED, FILTER_STATUSES, chart, nondeterminism
+from .render import FILTER_STATUSES, chart, nondeterminism
 from .state import dashboard
 
 # The largest values the database stores: run ids are bigint, event sequence numbers integer.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..records import Claim, ClaimedRun, FlowRules, Outcome, Status
+from ..records import STATUS_OF, Claim, ClaimedRun, FlowRules, Outcome, Status
 from .base import Database, Row
 
 
@@ -95,7 +95,7 @@ class Queue(Database):
 
 def _written(rows: list[Row]) -> dict[int, Status]:
     # A row per run written: (id, status, queue, parent_id).
-    return {row[0]: Status(row[1]) for row in rows}
+    return {row[0]: STATUS_OF[row[1]] for row in rows}
 
 
 def _flow_params(rules: FlowRules) -> dict[str, Any]:
