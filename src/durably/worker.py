@@ -2,11 +2,15 @@
 
 Loops, each an asyncio task on one event loop:
 
-- claim: ``free slots`` runs per statement (guide lessons 2-3), woken by NOTIFY, by a freed slot,
-  or by the poll timer (the fallback that makes notifications optional);
-- flush: outcomes are written in batches, one fenced statement per batch;
-- heartbeat: extends the leases this worker holds and abandons runs it no longer holds;
-- sweep: recovers runs of dead workers and expired leases (one sweeper at a time, any worker).
+- claim (here): ``free slots`` runs per statement (guide lessons 2-3), woken by NOTIFY, by a freed
+  slot, or by the poll timer (the fallback that makes notifications optional); each claimed run
+  executes in a task of its own (:mod:`durably.execution`);
+- record (:mod:`durably.recorder`): outcomes written in batches, one fenced statement per batch;
+- heartbeat (here): extends the leases this worker holds and abandons runs it no longer holds;
+- sweep (:mod:`durably.sweeper`): recovers runs of dead workers and expired leases (one sweeper
+  at a time, any worker);
+- schedule (:mod:`durably.scheduler`): fires due cron schedules;
+- listen (:mod:`durably.notify`): the worker's own connection, its liveness lock and LISTEN.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from .common import TEXT
 
 STATUSES = tuple(Status)
 # What --status takes: the statuses, and DELAYED, which is not one: a QUEUED run not due yet
-# (delay=, run_at=, a retry's backoff), as App.runs_page reads it.
+# (delay=, run_at=, a retry's backoff), as Console.runs_page reads it.
 FILTER_STATUSES = (Status.QUEUED, DELAYED, *STATUSES[1:])
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION = re.compile(r"^(?:\d+(?:\.\d+)?[smhdw])+$")
@@ -104,7 +104,7 @@ class RunFilter:
         return not (self.statuses or self.task or self.queue or self.since or self.until)
 
     def query(self, statuses: tuple[str, ...] | None = None) -> dict[str, Any]:
-        """Keyword arguments for ``App.runs_page`` and ``App.runs_count``."""
+        """Keyword arguments for ``Console.runs_page`` and ``Console.runs_count``."""
         chosen = self.statuses if statuses is None else statuses
         since, until = self.since or Moment(), self.until or Moment()
         return {

@@ -17,7 +17,7 @@ from ..records import DELAYED, ENDED, Status
 
 STATUSES = tuple(Status)
 # The runs page's status filter: the statuses, and DELAYED, which is not one: a QUEUED run not
-# due yet (delay=, run_at=, a retry's backoff), as App.runs_page reads it.
+# due yet (delay=, run_at=, a retry's backoff), as Console.runs_page reads it.
 FILTER_STATUSES = (Status.QUEUED, DELAYED, *STATUSES[1:])
 # Past this, a value shown in full on a run's page is cut (payloads may be megabytes).
 SHOW_LIMIT = 64 * 1024

@@ -124,7 +124,7 @@ class RunQuery:
         return q
 
     def filters(self) -> dict[str, Any]:
-        """Keyword arguments for ``App.runs_page_async``; a bad time is reported and ignored."""
+        """Keyword arguments for ``Console.runs_page_async``; a bad time is reported and ignored."""
         return {
             "status": self.status or None,
             "task": self.task or None,

@@ -1,4 +1,4 @@
--- Operator views (dashboard and CLI): named statements, like queries.sql.
+-- Operator views (dashboard and CLI): named statements, like every other file of sql/
 -- Read-only statements for people watching runs, workers and queues. Lists are paged by keyset
 -- (an id or a sequence number, never OFFSET) and read an index in order, so a page costs about
 -- the same with a thousand runs or ten million (migration 0004 adds the indexes they use).
