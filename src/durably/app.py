@@ -8,21 +8,23 @@ import contextlib
 import os
 import threading
 import weakref
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from typing_extensions import Unpack
 
 from . import schedules as scheduling
 from .context import run_workflow
+from .definitions import check_retention
 from .errors import ConfigurationError, UnknownTask
 from .flow import QueueLimits, Rate, check_limit
 from .notify import Listener, Waiters
 from .portal import Portal
-from .records import Run
+from .records import ENDED, Run
 from .schedules import Schedule
 from .serde import check_text, encode_value
-from .storage import LATEST_VERSION, Store, check_schema_name, connect
+from .storage import LATEST_VERSION, PurgeProgress, Store, check_schema_name, connect
 from .tasks import RunHandle, Task, TaskOptions
 
 if TYPE_CHECKING:
@@ -33,6 +35,7 @@ R = TypeVar("R")
 T = TypeVar("T")
 
 DEFAULT_MAX_PAYLOAD = 2 * 1024 * 1024
+DEFAULT_RETENTION = timedelta(days=30)
 
 
 class App:
@@ -41,6 +44,11 @@ class App:
     The database is ``url`` if given, else ``DURABLY_DATABASE_URL``, else ``DATABASE_URL``, else an
     embedded PostgreSQL in the user's data directory. Every table lives in ``schema``, so several
     apps can share one database without seeing each other.
+
+    ``retention`` (a ``timedelta`` or seconds; default 30 days; None keeps everything) is how
+    long finished runs of its tasks are kept, unless a task says otherwise; the workers' sweeper
+    removes them after that, with their event logs, and events and stopped workers of that age
+    (docs/retention.md).
     """
 
     # How the App's workers call a durable task's function: with a context (durably.context).
@@ -54,8 +62,10 @@ class App:
         migrate: bool = True,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         pool_size: int = 10,
+        retention: timedelta | float | None = DEFAULT_RETENTION,
     ) -> None:
         self._url = url
+        self.retention = check_retention(retention, "App")
         self.schema = check_schema_name(schema)
         self.auto_migrate = migrate
         self.max_payload = max_payload
@@ -107,7 +117,8 @@ class App:
         with :class:`DeadlineExceeded`), ``schedule_timeout`` (seconds to be
         picked up), ``priority`` (higher first), ``max_recoveries`` (times a run may lose its
         worker before it fails), ``concurrency`` (the most runs executing at once across all
-        workers).
+        workers), ``retention`` (how long its finished runs are kept: a ``timedelta``, seconds,
+        or None to keep them; default the App's).
         """
         return self._register(fn, options, durable=False)
 
@@ -322,6 +333,56 @@ class App:
         """A run's event log, oldest first."""
         return self.call(self.event_log_async(run_id))
 
+    async def purge_async(
+        self,
+        older_than: timedelta | float,
+        *,
+        statuses: Sequence[str] = tuple(ENDED),
+        tasks: Sequence[str] | None = None,
+        progress: Callable[[PurgeProgress], None] | None = None,
+    ) -> int:
+        """Remove finished workflows whose runs all ended more than ``older_than`` ago (a
+        ``timedelta`` or seconds), whatever their retention, with their event logs: those whose
+        root run has one of ``statuses`` (default all finished ones) and, when given, one of
+        ``tasks``. A workflow with a run not finished is left whole. Runs in batches, each its
+        own transaction (``progress`` is called after each); returns the runs removed."""
+        seconds, chosen = _purge_filter(older_than, statuses)
+        return await (await self.store()).purge(seconds, chosen, tasks, progress)
+
+    def purge(
+        self,
+        older_than: timedelta | float,
+        *,
+        statuses: Sequence[str] = tuple(ENDED),
+        tasks: Sequence[str] | None = None,
+        progress: Callable[[PurgeProgress], None] | None = None,
+    ) -> int:
+        """Remove old finished workflows (see :meth:`purge_async`)."""
+        return self.call(
+            self.purge_async(older_than, statuses=statuses, tasks=tasks, progress=progress)
+        )
+
+    async def purge_count_async(
+        self,
+        older_than: timedelta | float,
+        *,
+        statuses: Sequence[str] = tuple(ENDED),
+        tasks: Sequence[str] | None = None,
+    ) -> int:
+        """How many workflows (root runs) :meth:`purge_async` would look at."""
+        seconds, chosen = _purge_filter(older_than, statuses)
+        return await (await self.store()).purge_count(seconds, chosen, tasks)
+
+    def purge_count(
+        self,
+        older_than: timedelta | float,
+        *,
+        statuses: Sequence[str] = tuple(ENDED),
+        tasks: Sequence[str] | None = None,
+    ) -> int:
+        """How many workflows :meth:`purge` would look at (see :meth:`purge_count_async`)."""
+        return self.call(self.purge_count_async(older_than, statuses=statuses, tasks=tasks))
+
     async def migrate_async(self) -> list[int]:
         """Apply pending migrations; returns the versions applied."""
         done = await (await self.store()).migrate()
@@ -459,6 +520,22 @@ async def _per_loop(
         opening = loop.create_task(open_it())
         cache[loop] = opening
     return await asyncio.shield(opening)
+
+
+def _purge_filter(
+    older_than: timedelta | float, statuses: Sequence[str]
+) -> tuple[float, list[str]]:
+    """A purge's age in seconds and its statuses, checked: bad arguments are refused."""
+    seconds = check_retention(older_than, "purge")
+    if seconds is None:
+        raise ValueError("purge: older_than=None is not valid: pass a timedelta or seconds")
+    chosen = [str(s) for s in statuses]
+    if not chosen or set(chosen) - set(ENDED):
+        raise ValueError(
+            f"purge: statuses={chosen!r} is not valid: pass finished statuses only "
+            f"({', '.join(ENDED)}); runs that have not finished are never purged"
+        )
+    return seconds, chosen
 
 
 def _embedded_url() -> str:

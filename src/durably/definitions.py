@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from . import cron as cronlib
@@ -28,6 +29,21 @@ def check_execution_deadline(value: Any, where: str) -> None:
             f"{where}: execution_deadline={value!r} is not valid: pass seconds > 0 (counted from "
             "the run's first start), or None for no run deadline"
         )
+
+
+def check_retention(value: Any, where: str) -> float | None:
+    """``retention`` as seconds (from seconds or a ``timedelta``), or None to keep runs until
+    purged by hand; anything else is refused."""
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    valid = seconds is None or (
+        isinstance(seconds, int | float) and not isinstance(seconds, bool) and seconds >= 0
+    )
+    if not valid:
+        raise ValueError(
+            f"{where}: retention={value!r} is not valid: pass a timedelta or seconds >= 0 (how "
+            "long finished runs are kept), or None to keep them until purged"
+        )
+    return None if seconds is None else float(seconds)
 
 
 class TaskDefinition:
@@ -58,6 +74,7 @@ class TaskDefinition:
         cron: str | None = None,
         timezone: str | None = None,
         catch_up: str | None = None,
+        retention: timedelta | float | None = None,
     ) -> None:
         if retries < 0:
             raise ValueError(f"retries={retries} is not valid: pass 0 or more")
@@ -75,6 +92,8 @@ class TaskDefinition:
         check_execution_deadline(execution_deadline, f"task {self.name!r}")
         self.execution_deadline = execution_deadline
         self.schedule_timeout = schedule_timeout
+        # Seconds a finished run of this task is kept (docs/retention.md); None: until purged.
+        self.retention = check_retention(retention, f"task {self.name!r}")
         self.priority = priority
         self.max_recoveries = max_recoveries
         self.is_async = inspect.iscoroutinefunction(fn)
@@ -131,6 +150,7 @@ class TaskDefinition:
             delay=opts.delay,
             schedule_timeout=self.schedule_timeout,
             execution_deadline=opts.execution_deadline or self.execution_deadline,
+            retention=self.retention,
             idempotency_key=opts.idempotency_key,
             durable=self.durable,
             trace_context=trace_context,

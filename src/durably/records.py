@@ -83,6 +83,7 @@ class NewRun:
     fairness_key: str | None = None
     flow: bool = False  # under flow control: claimed by the controlled claim
     execution_deadline: float | None = None  # seconds from the first start to the run deadline
+    retention: float | None = None  # seconds the run is kept once finished; None: until purged
 
 
 @dataclass(frozen=True)

@@ -17,13 +17,15 @@ log = logging.getLogger("durably.worker")
 _DB_ERRORS = (psycopg.Error, DurablyError, OSError)
 
 
-async def sweep_forever(store: Store, interval: float, dead_after: float) -> None:
-    """Sweep every ``interval`` seconds until cancelled; a failed sweep is logged and the next
-    one tries again."""
+async def sweep_forever(
+    store: Store, interval: float, dead_after: float, retention: float | None
+) -> None:
+    """Sweep every ``interval`` seconds until cancelled (``retention``: the App's, for events
+    and stopped workers); a failed sweep is logged and the next one tries again."""
     while True:
         await asyncio.sleep(interval)
         try:
-            swept = await store.sweep(dead_after)
+            swept = await store.sweep(dead_after, retention)
             if swept and any(swept):
                 log.info("sweeper: %d runs recovered, %d past schedule timeout, %d woken", *swept)
         except _DB_ERRORS as exc:

@@ -7,6 +7,7 @@ import contextlib
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import fields, replace
+from datetime import timedelta
 from typing import Any, Generic, ParamSpec, Protocol, TypedDict, TypeVar
 
 import psycopg
@@ -32,6 +33,8 @@ class App(Protocol):
     def schema(self) -> str: ...
     @property
     def max_payload(self) -> int: ...
+    @property
+    def retention(self) -> float | None: ...
     @property
     def registry(self) -> Mapping[str, Task[Any, Any]]: ...
     async def store(self) -> Store: ...
@@ -63,6 +66,7 @@ class TaskOptions(TypedDict, total=False):
     cron: str | None
     timezone: str | None
     catch_up: str | None
+    retention: timedelta | float | None
 
 
 class Task(TaskDefinition, Generic[P, R]):
@@ -70,6 +74,7 @@ class Task(TaskDefinition, Generic[P, R]):
     :meth:`enqueue` to have a worker run it durably."""
 
     def __init__(self, app: App, fn: Callable[P, R], **options: Any) -> None:
+        options.setdefault("retention", app.retention)
         super().__init__(fn, max_payload=app.max_payload, **options)
         self.app = app
         self.fn: Callable[P, R] = fn

@@ -66,6 +66,8 @@ class WorkerHost(Protocol):
     def max_payload(self) -> int: ...
     @property
     def auto_migrate(self) -> bool: ...
+    @property
+    def retention(self) -> float | None: ...  # seconds; events and stopped workers of that age go
 
     def run_workflow(
         self, run: DurableRun, args: list[Any], kwargs: dict[str, Any]
@@ -173,7 +175,9 @@ class Worker:
                 for coro in (
                     self._listener.run(),
                     self._heartbeat_loop(),
-                    sweep_forever(self.store, self.sweep_interval, self.dead_after),
+                    sweep_forever(
+                        self.store, self.sweep_interval, self.dead_after, self.app.retention
+                    ),
                     Scheduler(self.store, self.app.registry).run(),
                 )
             ]

@@ -13,6 +13,7 @@ import pytest
 
 import durably
 from durably.storage import LATEST_VERSION, MIGRATIONS
+from tests.helpers import wait_until
 
 ALL = [(m.version, m.name) for m in MIGRATIONS]
 
@@ -211,3 +212,60 @@ def test_apps_on_different_schemas_do_not_see_each_other(
     assert first.cancel(mine.id)
     other = second.get_run(theirs.id)
     assert other is not None and other.status == "COMPLETED"
+
+
+def test_upgrading_to_retention_keeps_every_run(
+    make_app: Callable[..., durably.App], db: psycopg.Connection[Any], schema: str
+) -> None:
+    """A schema at version 9 with runs of every status, logs, archives, events and workers is
+    migrated to the retention schema: every row stays, no run gets a retention (so no sweep
+    removes one), and the sweeper of an App with a retention removes nothing of them."""
+    s = f'"{schema}"'
+    db.execute(f"CREATE SCHEMA {s}")
+    db.execute(
+        f"CREATE TABLE {s}.migrations (version integer PRIMARY KEY, name text NOT NULL,"
+        " applied_at timestamptz NOT NULL DEFAULT now())"
+    )
+    for m in MIGRATIONS:
+        if m.version <= 9:
+            db.execute(m.template.replace("{schema}", s).encode())
+            db.execute(
+                f"INSERT INTO {s}.migrations (version, name) VALUES (%s, %s)", (m.version, m.name)
+            )
+    db.execute(
+        f"""INSERT INTO {s}.runs (task, args, status, durable, finished_at, created_at)
+            SELECT 'old', '{{}}', st, true,
+                   CASE WHEN st IN ('COMPLETED', 'FAILED', 'CANCELLED')
+                        THEN now() - interval '400 days' END,
+                   now() - interval '401 days'
+            FROM unnest(ARRAY['QUEUED', 'RUNNING', 'WAITING', 'COMPLETED', 'FAILED',
+                              'CANCELLED']) st, generate_series(1, 500)"""
+    )
+    db.execute(
+        f"INSERT INTO {s}.event_log (run_id, seq, kind, name, key, done, attempt)"
+        f" SELECT id, 0, 'step', 's', 'k', true, 1 FROM {s}.runs"
+    )
+    before = db.execute(f"SELECT status, count(*) FROM {s}.runs GROUP BY 1 ORDER BY 1").fetchall()
+
+    app = make_app(retention=60, migrate=False)
+    assert app.migrate() == [v for v, _ in ALL if v > 9]
+    after = db.execute(f"SELECT status, count(*) FROM {s}.runs GROUP BY 1 ORDER BY 1").fetchall()
+    assert after == before and len(after) == 6
+    assert db.execute(f"SELECT count(*) FROM {s}.runs WHERE retention IS NOT NULL").fetchone() == (
+        0,
+    )
+
+    @app.task(name="old")
+    def old() -> None: ...
+
+    with app.worker():
+        # Wait for a sweep (the running runs' worker is gone: they are recovered, not removed).
+        wait_until(
+            lambda: (
+                db.execute(f"SELECT count(*) FROM {s}.runs WHERE status = 'RUNNING'").fetchone()
+                == (0,)
+            ),
+            what="a sweep",
+        )
+    assert db.execute(f"SELECT count(*) FROM {s}.runs").fetchone() == (3000,)
+    assert db.execute(f"SELECT count(*) FROM {s}.event_log").fetchone() == (3000,)

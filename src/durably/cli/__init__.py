@@ -17,6 +17,7 @@ import click
 from ..errors import ConfigurationError
 from .common import TEXT, database_options, friendly_errors, load_app, resolve_app
 from .ops import db, events, queues, workers
+from .purge import runs_purge
 from .runs import runs
 from .schedules import schedules
 
@@ -33,6 +34,7 @@ def main(verbose: int) -> None:
     )
 
 
+runs.add_command(runs_purge)
 for group in (runs, events, workers, queues, schedules, db):
     main.add_command(group)
 

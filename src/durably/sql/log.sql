@@ -46,12 +46,13 @@ WITH held AS (
     INSERT INTO {schema}.runs (task, queue, priority, args, max_retries, max_recoveries,
                                run_at, schedule_deadline, idempotency_key, durable, parent_id,
                                parent_seq, trace_context, concurrency_key, fairness_key, flow,
-                               execution_deadline)
+                               execution_deadline, retention)
     SELECT %(task)s, %(queue)s, %(priority)s, %(args)s::jsonb, %(max_retries)s,
            %(max_recoveries)s, now() + make_interval(secs => %(delay)s::float8),
            now() + make_interval(secs => %(delay)s::float8 + %(schedule_timeout)s::float8),
            %(idempotency_key)s, %(durable)s, held.id, %(seq)s, %(trace_context)s::jsonb,
-           %(concurrency_key)s, %(fairness_key)s, %(flow)s, %(execution_deadline)s::float8
+           %(concurrency_key)s, %(fairness_key)s, %(flow)s, %(execution_deadline)s::float8,
+           %(retention)s::float8
     FROM held
     ON CONFLICT (task, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id, queue

@@ -71,9 +71,10 @@ WITH src AS (
     SELECT * FROM {schema}.runs WHERE id = %(id)s AND durable
 ), created AS (
     INSERT INTO {schema}.runs (task, queue, priority, args, max_retries, max_recoveries, durable,
-                               concurrency_key, fairness_key, flow, execution_deadline)
+                               concurrency_key, fairness_key, flow, execution_deadline,
+                               retention)
     SELECT task, queue, priority, args, max_retries, max_recoveries, durable, concurrency_key,
-           fairness_key, flow, execution_deadline
+           fairness_key, flow, execution_deadline, retention
     FROM src
     RETURNING id, queue
 ), copied AS (

@@ -8,20 +8,21 @@ WITH input AS (
         %(max_retries)s::integer[], %(max_recoveries)s::integer[], %(delay)s::float8[],
         %(schedule_timeout)s::float8[], %(idempotency_key)s::text[], %(durable)s::boolean[],
         %(trace_context)s::text[], %(concurrency_key)s::text[], %(fairness_key)s::text[],
-        %(flow)s::boolean[], %(execution_deadline)s::float8[]
+        %(flow)s::boolean[], %(execution_deadline)s::float8[], %(retention)s::float8[]
     ) WITH ORDINALITY AS t(task, queue, priority, args, max_retries, max_recoveries, delay,
                           schedule_timeout, idempotency_key, durable, trace_context,
-                          concurrency_key, fairness_key, flow, execution_deadline, ord)
+                          concurrency_key, fairness_key, flow, execution_deadline, retention,
+                          ord)
 ), inserted AS (
     INSERT INTO {schema}.runs (task, queue, priority, args, max_retries, max_recoveries,
                                run_at, schedule_deadline, idempotency_key, durable,
                                trace_context, concurrency_key, fairness_key, flow,
-                               execution_deadline)
+                               execution_deadline, retention)
     SELECT task, queue, priority, args::jsonb, max_retries, max_recoveries,
            now() + make_interval(secs => delay),
            now() + make_interval(secs => delay + schedule_timeout),
            idempotency_key, durable, trace_context::jsonb, concurrency_key, fairness_key, flow,
-           execution_deadline
+           execution_deadline, retention
     FROM input
     ORDER BY ord  -- identities are drawn in this order, so ids ascend in input order
     ON CONFLICT (task, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
@@ -39,12 +40,12 @@ WITH inserted AS (
     INSERT INTO {schema}.runs (task, queue, priority, args, max_retries, max_recoveries,
                                run_at, schedule_deadline, idempotency_key, durable,
                                trace_context, concurrency_key, fairness_key, flow,
-                               execution_deadline)
+                               execution_deadline, retention)
     VALUES (%(task)s, %(queue)s, %(priority)s, %(args)s::jsonb, %(max_retries)s,
             %(max_recoveries)s, now() + make_interval(secs => %(delay)s::float8),
             now() + make_interval(secs => %(delay)s::float8 + %(schedule_timeout)s::float8),
             %(idempotency_key)s, %(durable)s, %(trace_context)s::jsonb, %(concurrency_key)s,
-            %(fairness_key)s, %(flow)s, %(execution_deadline)s::float8)
+            %(fairness_key)s, %(flow)s, %(execution_deadline)s::float8, %(retention)s::float8)
     ON CONFLICT (task, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
     RETURNING id, task, queue, idempotency_key
 )

@@ -15,6 +15,7 @@ from .connection import (
     first_line,
     is_transient,
 )
+from .retention import PurgeProgress
 from .sql import LATEST_VERSION, MIGRATIONS, QUERIES, Migration
 from .store import Store
 from .sweep import SWEEP_BATCH, SWEEP_ROUNDS
@@ -27,6 +28,7 @@ __all__ = [
     "SWEEP_BATCH",
     "SWEEP_ROUNDS",
     "Migration",
+    "PurgeProgress",
     "Store",
     "UserCodeFailed",
     "check_schema_name",

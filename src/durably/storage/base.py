@@ -50,6 +50,8 @@ class Database:
         self.channel = f"durably_{schema}"
         # The parts of the sweep failing now, with their error: each is logged once.
         self._sweep_failures: dict[str, str] = {}
+        # Runs the retention part of the current sweep removed, logged once per sweep.
+        self._purged = 0
         self._sql = statements(schema, self.channel)
 
     @classmethod

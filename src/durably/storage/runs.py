@@ -33,6 +33,7 @@ class Runs(Database):
             "fairness_key": [r.fairness_key for r in runs],
             "flow": [r.flow for r in runs],
             "execution_deadline": [r.execution_deadline for r in runs],
+            "retention": [r.retention for r in runs],
             "channel": self.channel,
         }
 

@@ -83,4 +83,8 @@ def statements(schema: str, channel: str) -> dict[str, str]:
     deadline = sql.pop("deadline_fail")
     sql["sweep_deadlines"] = deadline.replace("{due}", sql["deadline_due"])
     sql["deadline_fail_held"] = deadline.replace("{due}", sql["deadline_held"])
+    # And `purge_trees`: the sweeper's, by retention, and app.purge's, by age.
+    purge = sql.pop("purge_trees")
+    sql["sweep_purge"] = purge.replace("{pick}", sql["purge_pick_expired"])
+    sql["purge_older"] = purge.replace("{pick}", sql["purge_pick_older"])
     return sql

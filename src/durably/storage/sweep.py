@@ -1,5 +1,6 @@
 """The sweeper's statements: recovery of dead workers' and expired leases' runs, schedule
-timeouts, run deadlines, the wake-up backstop, and expired flow-control rows."""
+timeouts, run deadlines, the wake-up backstop, expired flow-control rows, and retention
+(finished workflows past their retention, events no run can take, stopped workers)."""
 
 from __future__ import annotations
 
@@ -19,14 +20,30 @@ SWEEP_BATCH = 1000
 SWEEP_ROUNDS = 20
 log = logging.getLogger("durably.sweeper")
 
+# The parts of every sweep, in order, and those that only run with a retention.
+_PARTS = (
+    "sweep_orphans",
+    "sweep_schedule_timeouts",
+    "sweep_wake_ready",
+    "sweep_rate_starts",
+    "sweep_fair_turns",
+    "sweep_deadlines",
+    "sweep_purge",
+)
+_RETENTION_PARTS = ("sweep_events", "sweep_workers")
+
 
 class Sweep(Database):
     """One sweep, part by part."""
 
-    async def sweep(self, dead_after: float) -> tuple[int, int, int] | None:
+    async def sweep(
+        self, dead_after: float, retention: float | None = None
+    ) -> tuple[int, int, int] | None:
         """Recover runs of dead workers and expired leases, fail runs past their schedule timeout,
-        wake WAITING runs whose wake-up raced with their suspension, and forget expired
-        flow-control rows.
+        wake WAITING runs whose wake-up raced with their suspension, forget expired
+        flow-control rows, and remove finished workflows past their own retention; with
+        ``retention`` (seconds), also events older than that which no run can take any more, and
+        workers stopped longer ago.
 
         Each part runs in batches of at most ``SWEEP_BATCH`` rows, each batch its own short
         transaction under the sweeper's advisory lock (one sweeper at a time), repeated while
@@ -39,21 +56,18 @@ class Sweep(Database):
             "namespace": self.namespace,
             "channel": self.channel,
             "limit": SWEEP_BATCH,
+            "retention": retention,
+            "by_retention": True,
+            "older_than": None,
         }
+        parts = _PARTS if retention is None else _PARTS + _RETENTION_PARTS
         async with self.pool.connection() as conn:
             if await self._sweep_part(conn, "sweep_dead_workers", params) is None:
                 return None
-            counts = [
-                await self._sweep_part(conn, part, params) or 0
-                for part in (
-                    "sweep_orphans",
-                    "sweep_schedule_timeouts",
-                    "sweep_wake_ready",
-                    "sweep_rate_starts",
-                    "sweep_fair_turns",
-                    "sweep_deadlines",
-                )
-            ]
+            counts = [await self._sweep_part(conn, part, params) or 0 for part in parts]
+            if self._purged:
+                log.info("retention: %d runs of finished workflows removed", self._purged)
+                self._purged = 0
             return counts[0], counts[1], counts[2]
 
     async def _sweep_part(
@@ -90,6 +104,9 @@ class Sweep(Database):
             if not row or not row[0]:
                 return None
             cur = await self.execute(conn, part, params)
+            if part == "sweep_purge":  # one row per workflow looked at, with the runs removed
+                rows = await cur.fetchall()
+                self._purged += rows[0][2] if rows else 0
             return max(cur.rowcount, 0)
 
     def _sweep_failed(self, part: str, exc: BaseException) -> None:
