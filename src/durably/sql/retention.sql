@@ -13,13 +13,20 @@
 -- a run another transaction holds keeps it until a later batch. A root kept by retention
 -- because of a run below it is given the tree's retention (the latest of its runs', or none
 -- when one of them keeps everything; a minute more while one has not ended), so the sweeper
--- does not pick it again before then.
+-- does not pick it again before then. Rows are reached through `= ANY(ARRAY(...))`: an index
+-- probe per id, whatever the planner guesses of the tree's size (a hash join would read a
+-- whole history table).
 WITH RECURSIVE picked AS (
     {pick}
 ), tree AS (
     SELECT id AS root, id FROM picked
     UNION ALL
-    SELECT t.root, c.id FROM {schema}.runs c JOIN tree t ON c.parent_id = t.id
+    -- One index probe per run of the tree (OFFSET 0 keeps the probe: joined whole, the planner
+    -- may merge-join against every child in the table).
+    SELECT t.root, c.id
+    FROM tree t CROSS JOIN LATERAL (
+        SELECT id FROM {schema}.runs WHERE parent_id = t.id OFFSET 0
+    ) c
 ), locked AS (
     SELECT r.id, r.finished_at, r.retention,
            r.status IN ('COMPLETED', 'FAILED', 'CANCELLED') AND r.finished_at IS NOT NULL
@@ -28,7 +35,7 @@ WITH RECURSIVE picked AS (
                          AND {schema}.purge_due(r.finished_at, r.retention) < now()
                     ELSE r.finished_at < now() - make_interval(secs => %(older_than)s) END AS removable
     FROM {schema}.runs r
-    WHERE r.id IN (SELECT id FROM tree)
+    WHERE r.id = ANY(ARRAY(SELECT id FROM tree))
     FOR UPDATE SKIP LOCKED
 ), verdict AS (
     SELECT t.root,
@@ -41,9 +48,9 @@ WITH RECURSIVE picked AS (
 ), doomed AS (
     SELECT t.id FROM tree t JOIN verdict v ON v.root = t.root WHERE v.removable
 ), gone_log AS (
-    DELETE FROM {schema}.event_log WHERE run_id IN (SELECT id FROM doomed)
+    DELETE FROM {schema}.event_log WHERE run_id = ANY(ARRAY(SELECT id FROM doomed))
 ), gone_archive AS (
-    DELETE FROM {schema}.event_log_archive WHERE run_id IN (SELECT id FROM doomed)
+    DELETE FROM {schema}.event_log_archive WHERE run_id = ANY(ARRAY(SELECT id FROM doomed))
 ), postponed AS (
     UPDATE {schema}.runs r
     SET retention = CASE WHEN v.kept_for_good THEN NULL
@@ -53,7 +60,7 @@ WITH RECURSIVE picked AS (
       AND r.id IN (SELECT id FROM locked)
     RETURNING r.id
 ), removed AS (
-    DELETE FROM {schema}.runs WHERE id IN (SELECT id FROM doomed) RETURNING id
+    DELETE FROM {schema}.runs WHERE id = ANY(ARRAY(SELECT id FROM doomed)) RETURNING id
 )
 -- One row per picked root, in pick order: with the runs removed and roots postponed in all.
 SELECT p.id, p.finished_at, (SELECT count(*) FROM removed), (SELECT count(*) FROM postponed)
@@ -73,7 +80,8 @@ FOR UPDATE SKIP LOCKED
 -- name: purge_pick_older
 -- The `pick` of `purge_trees` for `app.purge`: finished roots that ended more than `older_than` seconds ago, of
 -- the given statuses (and tasks, when given), in end order after the last batch's
--- (`after_at`, `after_id`), so a tree kept by one batch is not picked again by the next.
+-- (`after_at`, `after_id`), so a tree kept by one batch is not picked again by the next: a
+-- range of the runs_finished_id index.
 SELECT id, finished_at FROM {schema}.runs
 WHERE finished_at IS NOT NULL AND finished_at < now() - make_interval(secs => %(older_than)s)
   AND (finished_at, id) > (%(after_at)s::timestamptz, %(after_id)s::bigint)
