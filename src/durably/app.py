@@ -49,6 +49,10 @@ class App:
     long finished runs of its tasks are kept, unless a task says otherwise; the workers' sweeper
     removes them after that, with their event logs, and events and stopped workers of that age
     (docs/retention.md).
+
+    ``read_url`` names a read replica of that database: the operator views (dashboard, CLI
+    listings) and :meth:`list_runs` read there, everything else on the primary
+    (docs/scaling.md).
     """
 
     # How the App's workers call a durable task's function: with a context (durably.context).
@@ -63,8 +67,10 @@ class App:
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         pool_size: int = 10,
         retention: timedelta | float | None = DEFAULT_RETENTION,
+        read_url: str | None = None,
     ) -> None:
         self._url = url
+        self.read_url = read_url
         self.retention = check_retention(retention, "App")
         self.schema = check_schema_name(schema)
         self.auto_migrate = migrate
@@ -75,6 +81,9 @@ class App:
         self._stores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Task[Store]] = (
             weakref.WeakKeyDictionary()
         )
+        self._read_stores: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, asyncio.Task[Store]
+        ] = weakref.WeakKeyDictionary()
         self._waiters: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, asyncio.Task[Waiters]
         ] = weakref.WeakKeyDictionary()
@@ -189,6 +198,18 @@ class App:
             self._migrated = True
         return store
 
+    async def read_store(self) -> Store:
+        """The Store for reads that may lag a little (operator views, :meth:`list_runs`): on
+        ``read_url`` when the App has one, else :meth:`store`. Never migrates: a replica
+        follows its primary's schema."""
+        if self.read_url is None:
+            return await self.store()
+        return await _per_loop(self._read_stores, self._open_read_store)
+
+    async def _open_read_store(self) -> Store:
+        assert self.read_url is not None
+        return await Store.open(self.read_url, self.schema, max_size=self.pool_size)
+
     async def waiters(self) -> Waiters:
         """The result-waiters of the running loop, fed by a LISTENing connection."""
         return await _per_loop(self._waiters, self._open_waiters)
@@ -221,9 +242,10 @@ class App:
         waiters = self._waiters.pop(loop, None)
         if waiters is not None and waiters.done() and not waiters.exception():
             await waiters.result().close()
-        store = self._stores.pop(loop, None)
-        if store is not None and store.done() and not store.exception():
-            await store.result().close()
+        for stores in (self._stores, self._read_stores):
+            store = stores.pop(loop, None)
+            if store is not None and store.done() and not store.exception():
+                await store.result().close()
 
     def close(self) -> None:
         """Close the connections of the sync API and stop its private loop."""
@@ -256,8 +278,9 @@ class App:
         limit: int = 100,
         before_id: int | None = None,
     ) -> list[Run]:
-        """Runs, newest first, optionally filtered by status, task and queue."""
-        store = await self.store()
+        """Runs, newest first, optionally filtered by status, task and queue (from the read
+        replica when the App has one)."""
+        store = await self.read_store()
         return await store.list_runs(status, task, queue, limit, before_id)
 
     def list_runs(

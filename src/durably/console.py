@@ -2,7 +2,8 @@
 
 Rows are dicts keyed by column name, ready for templates, tables and JSON; every view is paged
 (by keyset) and bounded in time (see :mod:`durably.storage.views`). Actions (cancel, retry,
-replay, fork) are the App's own methods.
+replay, fork) are the App's own methods. Views read from the App's read replica when it has
+one (``App(read_url=...)``), so an operator's queries never load the primary.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ class Console:
         ``before_id`` / ``after_id`` and ``limit`` (see
         :meth:`durably.storage.views.Views.runs_page`). Each row has ``run_at`` and
         ``due_in_s``: seconds until a delayed run is due (None for the others)."""
-        return await (await self.app.store()).runs_page(**query)
+        return await (await self.app.read_store()).runs_page(**query)
 
     def runs_page(self, **query: Any) -> list[dict[str, Any]]:
         """A page of runs (see :meth:`runs_page_async`)."""
@@ -41,7 +42,7 @@ class Console:
         """How many runs match the filters of :meth:`runs_page_async` (``runs``), and the ids of
         the oldest and newest of them (``min_id``, ``max_id``; None when none match). It counts
         every match: on a huge table, narrow the filters."""
-        return await (await self.app.store()).runs_count(**filters)
+        return await (await self.app.read_store()).runs_count(**filters)
 
     def runs_count(self, **filters: Any) -> dict[str, Any]:
         """Count the runs matching filters (see :meth:`runs_count_async`)."""
@@ -50,7 +51,7 @@ class Console:
     async def run_detail_async(self, run_id: int) -> dict[str, Any] | None:
         """One run in full, with the number of its events, children and archived events, its
         flow-control keys, and ``due_in_s`` (seconds until it is due, for a delayed run)."""
-        return await (await self.app.store()).run_detail(run_id)
+        return await (await self.app.read_store()).run_detail(run_id)
 
     def run_detail(self, run_id: int) -> dict[str, Any] | None:
         """One run in full (see :meth:`run_detail_async`)."""
@@ -60,7 +61,7 @@ class Console:
         self, run_id: int, from_seq: int = 0, limit: int = 200
     ) -> list[dict[str, Any]]:
         """Up to ``limit`` entries of a run's event log from ``from_seq``, payloads cut short."""
-        return await (await self.app.store()).events_page(run_id, from_seq, limit)
+        return await (await self.app.read_store()).events_page(run_id, from_seq, limit)
 
     def events_page(self, run_id: int, from_seq: int = 0, limit: int = 200) -> list[dict[str, Any]]:
         """A page of a run's event log (see :meth:`events_page_async`)."""
@@ -68,7 +69,7 @@ class Console:
 
     async def event_detail_async(self, run_id: int, seq: int) -> dict[str, Any] | None:
         """One entry of a run's event log in full (input, result, error)."""
-        return await (await self.app.store()).event_detail(run_id, seq)
+        return await (await self.app.read_store()).event_detail(run_id, seq)
 
     def event_detail(self, run_id: int, seq: int) -> dict[str, Any] | None:
         """One entry of a run's event log (see :meth:`event_detail_async`)."""
@@ -76,13 +77,13 @@ class Console:
 
     async def task_names_async(self, limit: int = 500) -> list[str]:
         """The distinct task names of the stored runs (registered on this App or not)."""
-        return await (await self.app.store()).task_names(limit)
+        return await (await self.app.read_store()).task_names(limit)
 
     async def children_page_async(
         self, run_id: int, after_id: int = 0, limit: int = 100
     ) -> list[dict[str, Any]]:
         """Up to ``limit`` children of a run, oldest first, after the child ``after_id``."""
-        return await (await self.app.store()).children_page(run_id, after_id, limit)
+        return await (await self.app.read_store()).children_page(run_id, after_id, limit)
 
     def children_page(
         self, run_id: int, after_id: int = 0, limit: int = 100
@@ -92,7 +93,7 @@ class Console:
 
     async def workers_overview_async(self, limit: int = 100) -> list[dict[str, Any]]:
         """Workers, live ones first: slots, runs held, heartbeat age (database clock)."""
-        return await (await self.app.store()).workers_overview(limit)
+        return await (await self.app.read_store()).workers_overview(limit)
 
     def workers_overview(self, limit: int = 100) -> list[dict[str, Any]]:
         """Workers (see :meth:`workers_overview_async`)."""
@@ -103,7 +104,7 @@ class Console:
     ) -> list[dict[str, Any]]:
         """Per queue: depth by status (counts stop at ``cap``), oldest queued age, and runs
         completed and failed in the last ``window`` seconds."""
-        return await (await self.app.store()).queues_overview(window, cap)
+        return await (await self.app.read_store()).queues_overview(window, cap)
 
     def queues_overview(self, window: float = 60.0, cap: int = 10_000) -> list[dict[str, Any]]:
         """Queues (see :meth:`queues_overview_async`)."""
@@ -113,7 +114,7 @@ class Console:
         self, minutes: int = 60, queue: str | None = None
     ) -> list[dict[str, Any]]:
         """Runs completed and failed per minute over the last ``minutes`` minutes."""
-        return await (await self.app.store()).throughput(minutes, queue)
+        return await (await self.app.read_store()).throughput(minutes, queue)
 
     def throughput(self, minutes: int = 60, queue: str | None = None) -> list[dict[str, Any]]:
         """Completions and failures per minute (see :meth:`throughput_async`)."""

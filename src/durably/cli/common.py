@@ -101,6 +101,14 @@ def database_options(fn: F) -> F:
         "--schema", default=None, envvar="DURABLY_SCHEMA", help="Schema of the App's tables."
     )(fn)
     fn = click.option(
+        "--read-database-url",
+        default=None,
+        envvar="DURABLY_READ_DATABASE_URL",
+        expose_value=False,  # read by resolve_app from the context: every command takes it
+        callback=_remember_read_url,
+        help="A read replica for listings and views (default: DURABLY_READ_DATABASE_URL).",
+    )(fn)
+    fn = click.option(
         "--database-url",
         default=None,
         help="PostgreSQL URL (default: DURABLY_DATABASE_URL, DATABASE_URL, else embedded).",
@@ -115,16 +123,25 @@ def database_options(fn: F) -> F:
     return fn
 
 
+def _remember_read_url(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    ctx.meta["durably.read_url"] = value
+
+
 def resolve_app(
     app_spec: str | None, database_url: str | None, schema: str | None, migrate: bool = False
 ) -> App:
-    """The App named by ``--app``, or a bare App on ``--database-url``/``--schema``."""
+    """The App named by ``--app``, or a bare App on ``--database-url``/``--schema``; with
+    ``--read-database-url``, its views and listings read from that replica."""
+    context = click.get_current_context(silent=True)
+    read_url = context.meta.get("durably.read_url") if context is not None else None
     if app_spec:
         app = load_app(app_spec)
         if database_url or schema:
             raise click.UsageError("give either --app or --database-url/--schema, not both")
+        if read_url:
+            app.read_url = read_url
         return app
-    return App(database_url, schema=schema or "durably", migrate=migrate)
+    return App(database_url, schema=schema or "durably", migrate=migrate, read_url=read_url)
 
 
 def json_option(fn: F) -> F:
