@@ -8,6 +8,9 @@ one connection claims one run at a time, ``--samples`` times, through the same
 ``Store.claim`` statement a worker uses, and records each outcome with ``Store.finish`` (not
 timed). Reported: p50 and p99 of the claim in milliseconds.
 
+``--history`` runs :mod:`bench.history` instead: claim and drain with 0, 10M and 100M
+finished runs kept, then purged, and what removing history costs.
+
 ``--memory`` starts a worker process and reads its resident memory (VmRSS) idle, then with
 ``--in-flight`` async runs in flight at once (each sleeping), then after ``--suspended`` durable
 runs have each started and suspended waiting for an event (evicted after 0.1 s).
@@ -61,6 +64,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--drain", type=int, default=20_000, help="runs timed per drain at each depth (0: none)")
     add("--slots", type=int, default=500, help="slots of the draining worker")
     add("--memory", action="store_true", help="measure worker memory instead")
+    add(
+        "--history",
+        action="store_true",
+        help="measure with 0 / 10M / 100M finished runs kept, then purged (bench.history)",
+    )
     add("--private", action="store_true", help="use a private PostgreSQL (for --finished 10M)")
     add("--in-flight", type=int, default=1_000, help="async runs in flight (--memory)")
     add("--suspended", type=int, default=10_000, help="suspended durable runs (--memory)")
@@ -263,6 +271,11 @@ def server(private: bool) -> Iterator[str]:
 def main(argv: list[str] | None = None) -> None:
     """Measure at each depth and print the table."""
     args = parse_args(argv)
+    if args.history:
+        from bench import history
+
+        history.main([])
+        return
     with server(args.private) as url:
         if args.memory:
             memory_main(args, url)

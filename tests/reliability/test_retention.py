@@ -356,10 +356,10 @@ def test_purge_cli_counts_confirms_and_reports(
     done = cli("runs", "purge", "--older-than", "7d", "--status", "cancelled", "--yes")
     assert done.exit_code == 0, done.output
     assert "2 workflows match" in done.output
-    assert "purged 6 runs of 2 workflows" in done.output
+    assert "purged 6 runs of the 2 workflows that matched" in done.output
     done = cli("runs", "purge", "--older-than", "1w", "--task", "wf", input="y\n")
     assert done.exit_code == 0, done.output
-    assert "purged 9 runs of 3 workflows" in done.output
+    assert "purged 9 runs of the 3 workflows that matched" in done.output
     assert not trees_left(db, schema) & set(old)
     nothing = cli("runs", "purge", "--older-than", "7d")
     assert "no workflow matches" in nothing.output
@@ -405,3 +405,14 @@ def test_a_purge_killed_midway_leaves_every_workflow_whole(
     assert_whole(db, schema)
     assert app.purge(timedelta(days=7)) == total - 150
     assert trees_left(db, schema) == set(keep)
+
+
+def test_a_child_removed_before_its_parent_saw_it_end_fails_the_wait(store: Store) -> None:
+    """A durable run may wait on a run of another workflow (a child named by an idempotency key
+    that existed already); should retention remove that workflow first, the wait ends with a
+    clear failure instead of waiting for a run that is gone."""
+    ends = store.loop.run_until_complete(store.children_status([10**12]))  # type: ignore[attr-defined]
+    end = ends[10**12]
+    assert end.ended and end.status == "FAILED"
+    assert end.error is not None and end.error["type"] == "ChildRemoved"
+    assert "removed (retention or purge)" in end.error["message"]

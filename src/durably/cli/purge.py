@@ -71,7 +71,7 @@ def runs_purge(
     if not yes and not _confirmed(found):
         refuse("not confirmed, nothing was removed (answer y, or pass --yes to purge)")
     removed = _purge(app, older_than.ago, chosen, tasks, found)
-    click.echo(f"purged {plural(removed, 'run')} of {plural(found, 'workflow')}")
+    click.echo(f"purged {plural(removed, 'run')} of the {plural(found, 'workflow')} that matched")
 
 
 def _confirmed(count: int) -> bool:

@@ -67,9 +67,14 @@ class EventLog(Database):
         return TakenEvent(*rows[0]) if rows else None
 
     async def children_status(self, ids: list[int]) -> dict[int, ChildEnd]:
-        """Each child run's status and outcome, by id."""
+        """Each child run's status and outcome, by id. A child that no longer exists (a run of
+        another workflow, named by its idempotency key, that retention or a purge removed
+        before this run saw it end) counts as failed, so the wait ends with a clear error."""
         rows = await self.fetch("children_status", {"ids": ids})
-        return {r[0]: ChildEnd(r[1], r[2], r[3]) for r in rows}
+        ends = {r[0]: ChildEnd(r[1], r[2], r[3]) for r in rows}
+        for missing in set(ids) - ends.keys():
+            ends[missing] = ChildEnd(Status.FAILED, None, _removed(missing))
+        return ends
 
     async def suspend(
         self, fence: Fence, wake_in: float | None, children: Sequence[int], event: str | None
@@ -169,3 +174,12 @@ class EventLog(Database):
         params = {"id": run_id, "at_event": at_event, "channel": self.channel}
         rows = await self.fetch("fork", params)
         return int(rows[0][0]) if rows else None
+
+
+def _removed(run_id: int) -> dict[str, Any]:
+    return {
+        "type": "ChildRemoved",
+        "message": f"child run {run_id} no longer exists: it was removed (retention or purge) "
+        "before this run saw it end; give it a longer retention",
+        "traceback": None,
+    }
