@@ -19,7 +19,7 @@ COMMITTED = {
     "0007_schedules.sql": "4111ae274dafb82016515dfb8eb59dabb84c6d6bf886356a0f32a674ed2c1733",
     "0008_sweep_at_volume.sql": "0b92ea80b6fe698e4759b6bf063bb999e2ab4debb9b4c9bf5b2664a6d539f3e6",
     "0009_run_deadline.sql": "85c7e5cbde7e1003688d128831075b0f5b9babd56b76b156cac3fc1d33cee26f",
-    "0010_retention.sql": "bcfc1114d2f2d9d291801a4708b7e44f428812b097ce7f263af7551c05da4b5f",
+    "0010_retention.sql": "bf27d7bd0a6fdf3eac0d04f76b6c962d39e44e40a8b5a0586dc97d5a91c85c55",
 }
 
 

@@ -111,7 +111,7 @@ WHERE id IN (
     WHERE e.created_at < now() - make_interval(secs => %(retention)s)
       AND e.created_at < coalesce(
           (SELECT r.created_at FROM {schema}.runs r
-           WHERE r.durable AND r.status IN ('QUEUED', 'RUNNING', 'WAITING')
+           WHERE r.durable AND r.finished_at IS NULL  -- not ended (runs_live_durable)
            ORDER BY r.created_at LIMIT 1),
           'infinity')
     ORDER BY e.id

@@ -20,9 +20,11 @@ CREATE INDEX runs_purge ON {schema}.runs ({schema}.purge_due(finished_at, retent
     WHERE parent_id IS NULL AND retention IS NOT NULL AND finished_at IS NOT NULL;
 
 -- Durable runs that have not ended, oldest first: an event may go once no such run is older
--- than it (a run takes only events pushed after it was created). Task runs never enter.
+-- than it (a run takes only events pushed after it was created). Task runs never enter. Its
+-- predicate is "not ended" by finished_at, not by status, so that no claim (which asks for
+-- status = 'QUEUED') can ever choose it over runs_claim_pool.
 CREATE INDEX runs_live_durable ON {schema}.runs (created_at)
-    WHERE durable AND status IN ('QUEUED', 'RUNNING', 'WAITING');
+    WHERE durable AND finished_at IS NULL;
 
 -- Runs by end, then id: `app.purge` walks old workflows in this order a batch at a time, each
 -- batch starting where the last ended (an exact cursor). Serves every range read by end time
