@@ -100,9 +100,10 @@ class Sample:
 class Driver(threading.Thread):
     """Offers the mixed load at a fixed rate until stopped; counts what it enqueued."""
 
-    def __init__(self, url: str, rate: int) -> None:
+    def __init__(self, url: str, rate: int, retention: float) -> None:
         super().__init__(daemon=True)
-        self.app = soak_app.build(SCHEMA, url)
+        # The runs carry the enqueuer's retention: the driver's must be the soak's.
+        self.app = soak_app.build(SCHEMA, url, retention)
         self.rate = rate
         self.stop = threading.Event()
         self.enqueued = 0  # root runs
@@ -477,7 +478,7 @@ def main(argv: list[str] | None = None) -> None:
         worker = start_worker(url, args)
         try:
             wait_until(lambda: _registered(url), 60, 0.2, "the worker")
-            driver = Driver(url, args.rate)
+            driver = Driver(url, args.rate, args.retention)
             sampler = Sampler(url, worker.pid, args.probes)
             started = time.monotonic()
             driver.start()
