@@ -45,9 +45,8 @@ from typing import Any
 import psycopg
 
 import durably
-from bench.growth import claim_latencies
+from bench.growth import _migrate, claim_latencies
 from bench.harness import WorkerProcess, connect, int_list, median, percentile, wait_until
-from durably.storage import Store
 
 ARGS = '{"args": [], "kwargs": {}}'
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -399,14 +398,6 @@ def main(argv: list[str] | None = None) -> None:
         )
     )
     args.json.with_suffix(".md").write_text(table)
-
-
-async def _migrate(url: str, schema: str) -> None:
-    store = await Store.open(url, schema, max_size=1)
-    try:
-        await store.migrate()
-    finally:
-        await store.close()
 
 
 if __name__ == "__main__":
